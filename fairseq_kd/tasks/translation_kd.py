@@ -1,0 +1,155 @@
+"""``--task translation_kd``: translation with a teacher.
+
+fairseq's ``translation`` task plus three sources of teacher knowledge, each
+optional:
+
+- ``--teacher-path a.pt[:b.pt]``: an online teacher (or ensemble), loaded and
+  owned by the task, frozen, run under ``torch.no_grad()`` on the student's
+  device and dtype (word-level KD, Kim & Rush 2016);
+- ``--soft-labels DIR``: a top-K soft-label store written offline by
+  ``fairseq-kd-dump-soft-labels`` (BERT teacher, Chen et al. 2020): no teacher
+  in memory;
+- ``--distilled-data DIR``: a distilled corpus written by
+  ``fairseq-kd-distill-corpus`` (sequence-level KD, Kim & Rush 2016).
+
+Criterions ask the task for the teacher's distribution through
+:meth:`TranslationKDTask.teacher_soft_targets`, passing their own temperature
+and top-K; the task never reads criterion options.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.data import data_utils
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from .. import losses
+from ..data.kd_dataset import KDLanguagePairDataset
+from ..teacher import TeacherEnsemble, check_files_exist, split_paths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslationKDConfig(TranslationConfig):
+    teacher_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "fairseq checkpoint(s) of an online teacher, colon-separated for an "
+            "ensemble (probabilities are averaged); must share the target dictionary"
+        },
+    )
+    soft_labels: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "directory of a top-K soft-label store written by "
+            "fairseq-kd-dump-soft-labels for the training split (no teacher in memory)"
+        },
+    )
+    distilled_data: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "directory of a distilled corpus written by fairseq-kd-distill-corpus; "
+            "batches then carry the teacher's output beside the gold target"
+        },
+    )
+
+
+@register_task("translation_kd", dataclass=TranslationKDConfig)
+class TranslationKDTask(TranslationTask):
+    cfg: TranslationKDConfig
+
+    def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.teacher: Optional[TeacherEnsemble] = None
+
+    @classmethod
+    def setup_task(cls, cfg: TranslationKDConfig, **kwargs):
+        # Fail before anything is trained or written when an input is missing.
+        if cfg.teacher_path:
+            check_files_exist(split_paths(cfg.teacher_path))
+        for option, path in (("--soft-labels", cfg.soft_labels), ("--distilled-data", cfg.distilled_data)):
+            if path and not os.path.isdir(path):
+                raise FileNotFoundError(f"{option} directory not found: {path}")
+        task = super().setup_task(cfg, **kwargs)
+        if cfg.teacher_path:
+            task.teacher = TeacherEnsemble.from_checkpoints(cfg.teacher_path, task)
+        return task
+
+    # ------------------------------------------------------------------ data
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        dataset = self.datasets[split]
+        soft_labels = self._load_soft_labels(split, dataset)
+        distilled = self._load_distilled(split, dataset)
+        if soft_labels is not None or distilled is not None:
+            self.datasets[split] = KDLanguagePairDataset(dataset, soft_labels, distilled)
+
+    def _load_soft_labels(self, split, dataset):
+        if not self.cfg.soft_labels:
+            return None
+        from ..data.soft_labels import SoftLabelStore
+
+        store = SoftLabelStore(self.cfg.soft_labels)
+        if store.split != split:
+            return None  # e.g. validation: scored on the gold NLL only
+        store.check(dataset, self.tgt_dict)  # raises on any misalignment
+        logger.info(f"soft labels for {split}: {self.cfg.soft_labels} (K={store.topk})")
+        return store
+
+    def _load_distilled(self, split, dataset):
+        if not self.cfg.distilled_data:
+            return None
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        prefix = os.path.join(self.cfg.distilled_data, f"{split}.{src}-{tgt}.{tgt}")
+        distilled = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
+        if distilled is None:
+            if split == getattr(self.cfg, "train_subset", "train") or split == "train":
+                raise FileNotFoundError(f"no distilled {split} split at {prefix}.{{bin,idx}}")
+            return None
+        if len(distilled) != len(dataset):
+            raise ValueError(
+                f"distilled {split} split {prefix} has {len(distilled)} sentences, "
+                f"the data has {len(dataset)}: it was not made from this split"
+            )
+        logger.info(f"distilled targets for {split}: {prefix}")
+        return distilled
+
+    # --------------------------------------------------------------- teacher
+    def has_teacher(self, sample) -> bool:
+        return "soft_labels" in sample or self.teacher is not None
+
+    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0):
+        """The teacher's distribution at the target positions selected by ``mask``.
+
+        Args:
+            sample: a batch; its ``soft_labels`` are used when present, else the
+                online teacher runs on ``sample["net_input"]``.
+            model: the student, whose device and dtype the online teacher follows.
+            mask: B x T booleans, the positions to distill (non-pad targets).
+            temperature, topk: the criterion's options (see ``losses.soft_targets``).
+
+        Returns:
+            ``(probs_T, ids_T, teacher_nll)``: N x K (or N x V) probabilities, their
+            N x K ids (or None), and the teacher's summed NLL of the gold words at
+            temperature 1 (None when only top-K logits are known); or None when
+            this batch has no teacher (e.g. validation with a soft-label store).
+        """
+        if "soft_labels" in sample:
+            ids_T = sample["soft_labels"]["ids"][mask]  # N x K
+            logits_T = sample["soft_labels"]["logits"][mask]  # N x K
+            probs_T, ids_T = losses.topk_soft_targets(ids_T, logits_T, temperature, topk)
+            return probs_T, ids_T, None
+        if self.teacher is None:
+            return None
+        param = next(model.parameters())
+        self.teacher.follow(param.device, param.dtype)
+        logits_T = [z[mask] for z in self.teacher.logits(sample["net_input"])]  # M x [N x V]
+        probs_T, ids_T = losses.soft_targets(logits_T, temperature, topk)
+        gold = sample["target"][mask]
+        probs_1 = probs_T if (temperature == 1 and ids_T is None) else losses.soft_targets(logits_T)[0]
+        teacher_nll = -probs_1.gather(-1, gold.unsqueeze(-1)).clamp_min(1e-30).log().sum()
+        return probs_T, ids_T, teacher_nll

@@ -1,0 +1,127 @@
+"""Frozen teachers: loading fairseq checkpoints (ensembles) for online distillation.
+
+The teacher is never a submodule of the student model or of the criterion:
+fairseq's trainer would optimize it, wrap it in DDP and save it in every
+student checkpoint. A task owns a :class:`TeacherEnsemble` instead; it keeps
+the models in ``eval()`` with ``requires_grad_(False)``, runs them under
+``torch.no_grad()`` and follows the student's device and dtype (half with
+``--fp16``, bfloat16 with ``--bf16``).
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def split_paths(paths: str) -> List[str]:
+    """``a.pt:b.pt`` -> ['a.pt', 'b.pt'] (fairseq's ensemble separator)."""
+    return [p for p in paths.split(":") if p]
+
+
+def check_files_exist(paths: Sequence[str], what: str = "teacher checkpoint") -> None:
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def dictionary_mismatch(dict_T, dict_S) -> Optional[str]:
+    """None when the two fairseq dictionaries are equal, else a message naming
+    both sizes and the first differing symbol."""
+    if len(dict_T) == len(dict_S) and list(dict_T.symbols) == list(dict_S.symbols):
+        return None
+    for i in range(min(len(dict_T), len(dict_S))):
+        if dict_T[i] != dict_S[i]:
+            return (
+                f"teacher dictionary has {len(dict_T)} symbols, student dictionary has "
+                f"{len(dict_S)}; first difference at index {i}: {dict_T[i]!r} (teacher) "
+                f"vs {dict_S[i]!r} (student)"
+            )
+    return (
+        f"teacher dictionary has {len(dict_T)} symbols, student dictionary has {len(dict_S)}; "
+        f"one is a prefix of the other"
+    )
+
+
+def _output_rows(model_state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Size of the decoder's output vocabulary read from a state dict."""
+    for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
+        if key in model_state:
+            return model_state[key].size(0)
+    return None
+
+
+def check_teacher_dictionary(path: str, state: dict, tgt_dict) -> None:
+    """Refuse a teacher whose target dictionary is not the student's.
+
+    The teacher's dictionary is read from the data directory it was trained on
+    when that still exists; otherwise the size of its output layer is compared.
+    """
+    from fairseq.data import Dictionary
+
+    cfg = state.get("cfg") or {}
+    task_cfg = cfg.get("task", {}) if isinstance(cfg, dict) else getattr(cfg, "task", {})
+    get = task_cfg.get if isinstance(task_cfg, dict) else (lambda k, d=None: getattr(task_cfg, k, d))
+    data, tgt = get("data", None), get("target_lang", None)
+    if data and tgt:
+        dict_path = os.path.join(str(data).split(":")[0], f"dict.{tgt}.txt")
+        if os.path.isfile(dict_path):
+            message = dictionary_mismatch(Dictionary.load(dict_path), tgt_dict)
+            if message:
+                raise ValueError(f"{path}: {message} (teacher dictionary: {dict_path})")
+            return
+    rows = _output_rows(state.get("model", {}))
+    if rows is not None and rows != len(tgt_dict):
+        raise ValueError(
+            f"{path}: teacher dictionary has {rows} symbols, student dictionary has "
+            f"{len(tgt_dict)} (the teacher's data directory is gone, so only sizes were compared)"
+        )
+
+
+class TeacherEnsemble:
+    """One or more frozen fairseq models whose logits the criterion distills from.
+
+    Not an ``nn.Module`` on purpose (see the module docstring).
+    """
+
+    def __init__(self, models: List[torch.nn.Module], paths: Sequence[str] = ()):
+        self.models = models
+        self.paths = list(paths)
+        for model in self.models:
+            model.eval()
+            model.requires_grad_(False)
+        self._device, self._dtype = None, None
+
+    @classmethod
+    def from_checkpoints(cls, paths: str, task) -> "TeacherEnsemble":
+        """Load ``a.pt:b.pt`` with the student's task (so dictionaries are shared)."""
+        from fairseq import checkpoint_utils
+
+        files = split_paths(paths)
+        check_files_exist(files)
+        models = []
+        for path in files:
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
+            check_teacher_dictionary(path, state, task.target_dictionary)
+            ensemble, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+            models.extend(ensemble)
+        n_params = sum(p.numel() for m in models for p in m.parameters())
+        logger.info(f"teacher: {len(models)} model(s), {n_params:,} parameters, from {files}")
+        return cls(models, files)
+
+    def follow(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move to the student's device and floating-point dtype (once)."""
+        if (device, dtype) != (self._device, self._dtype):
+            for model in self.models:
+                model.to(device=device, dtype=dtype)
+            self._device, self._dtype = device, dtype
+
+    @torch.no_grad()
+    def logits(self, net_input: dict) -> List[torch.Tensor]:
+        """Teacher-forced output logits of each model, each B x T x V."""
+        return [model(**net_input)[0] for model in self.models]
+
+    def __len__(self) -> int:
+        return len(self.models)

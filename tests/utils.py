@@ -1,0 +1,140 @@
+"""Tiny data and command helpers for fairseq_kd's tests.
+
+fairseq's own tests/utils.py is not installed with fairseq, so the project
+keeps its own. Everything runs through the real ``fairseq-*`` console
+scripts of the active environment, with ``--user-dir`` pointing at this
+checkout's ``fairseq_kd``.
+"""
+import os
+import random
+import subprocess
+import sys
+from typing import List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "fairseq_kd")
+BIN = os.path.dirname(sys.executable)
+
+# A 1-layer, 32-wide Transformer: trains a few hundred updates in seconds on CPU.
+TINY_TRANSFORMER = [
+    "--arch", "transformer",
+    "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]
+
+
+def command(name: str) -> str:
+    """Path of a console script (``fairseq-train``, ``fairseq-kd-...``) in this environment."""
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{name} is not installed in {BIN}")
+    return path
+
+
+def run(args: Sequence[str], check: bool = True, cwd: Optional[str] = None, env=None) -> subprocess.CompletedProcess:
+    """Run a command, capture its output, and fail with that output shown."""
+    full_env = dict(os.environ)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def make_copy_task(
+    path: str,
+    src: str = "src",
+    tgt: str = "tgt",
+    n_train: int = 300,
+    n_valid: int = 30,
+    n_test: int = 20,
+    vocab: int = 12,
+    min_len: int = 2,
+    max_len: int = 9,
+    seed: int = 0,
+) -> str:
+    """Write a synthetic translation task as text: the target is the reversed
+    source with each word ``aN`` rewritten ``bN``. Learnable by a tiny model in
+    a few hundred updates; lengths vary so batches are bucketed and sorted."""
+    rng = random.Random(seed)
+    os.makedirs(path, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        with open(os.path.join(path, f"{split}.{src}"), "w") as fs, open(
+            os.path.join(path, f"{split}.{tgt}"), "w"
+        ) as ft:
+            for _ in range(n):
+                words = [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]
+                fs.write(" ".join(f"a{w}" for w in words) + "\n")
+                ft.write(" ".join(f"b{w}" for w in reversed(words)) + "\n")
+    return path
+
+
+def preprocess(
+    text_dir: str, dest_dir: str, src: str = "src", tgt: str = "tgt", extra: Sequence[str] = ()
+) -> str:
+    """Binarize ``text_dir/{train,valid,test}.{src,tgt}`` with fairseq-preprocess."""
+    splits = [s for s in ("train", "valid", "test") if os.path.exists(os.path.join(text_dir, f"{s}.{src}"))]
+    args = [command("fairseq-preprocess"), "--source-lang", src, "--target-lang", tgt,
+            "--destdir", dest_dir, "--workers", "1"]
+    for s in splits:
+        args += [f"--{'valid' if s == 'valid' else s}pref", os.path.join(text_dir, s)]
+    run(args + list(extra))
+    return dest_dir
+
+
+def train(
+    data_bin: str,
+    save_dir: str,
+    extra: Sequence[str] = (),
+    arch: Sequence[str] = TINY_TRANSFORMER,
+    max_update: int = 50,
+    criterion: Sequence[str] = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"),
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """fairseq-train with --user-dir fairseq_kd, tiny and deterministic."""
+    args = [
+        command("fairseq-train"), data_bin, "--user-dir", USER_DIR,
+        "--save-dir", save_dir, *arch, *criterion,
+        "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", "10", "--max-tokens", "500", "--max-update", str(max_update),
+        "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "10",
+        "--no-epoch-checkpoints", "--no-progress-bar", "--cpu", "--disable-validation",
+    ]
+    args += list(extra)
+    return run(args, check=check)
+
+
+def generate(data_bin: str, path: str, extra: Sequence[str] = (), subset: str = "test") -> List[str]:
+    """fairseq-generate; returns the hypothesis lines (``H-`` rows), in id order."""
+    proc = run([
+        command("fairseq-generate"), data_bin, "--user-dir", USER_DIR, "--path", path,
+        "--gen-subset", subset, "--beam", "2", "--max-tokens", "2000", "--cpu",
+        "--num-workers", "0", *extra,
+    ])
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if line.startswith("H-")]
+    rows.sort(key=lambda r: int(r[0][2:]))
+    return [r[2] for r in rows]
+
+
+def json_logs(stdout_or_stderr: str) -> List[dict]:
+    """The JSON log records fairseq-train prints with --log-format json."""
+    import json
+
+    records = []
+    for line in stdout_or_stderr.splitlines():
+        brace = line.find("{")
+        if brace < 0:
+            continue
+        try:
+            records.append(json.loads(line[brace:]))
+        except ValueError:
+            pass
+    return records
