@@ -1,0 +1,67 @@
+"""What every fairseq-kd-* command shares: provenance, progress, logging."""
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+from typing import Any, Dict, Iterable, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=os.environ.get("LOGLEVEL", "INFO").upper(),
+        stream=sys.stdout,
+    )
+
+
+def git_revision() -> Optional[str]:
+    """The checkout's commit (with '-dirty' when modified), or None outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not rev:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(args: Any) -> Dict[str, Any]:
+    """argv, parsed arguments, git revision, versions and time of this run."""
+    from fairseq_kd import __version__
+
+    return {
+        "argv": sys.argv,
+        "args": {k: v for k, v in sorted(vars(args).items())} if args is not None else None,
+        "git_revision": git_revision(),
+        "fairseq_kd_version": __version__,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def record_run(out_dir: str, args: Any, name: str = "command.json") -> str:
+    """Write the provenance of this run next to what it writes."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(provenance(args), f, indent=2, default=str)
+    return path
+
+
+def progress(iterable: Iterable, total: Optional[int] = None, desc: str = "", unit: str = "it"):
+    """A tqdm progress bar on stderr, silent when not attached to a terminal
+    unless FAIRSEQ_KD_PROGRESS=1 (so CI logs stay readable)."""
+    from tqdm import tqdm
+
+    disable = not (sys.stderr.isatty() or os.environ.get("FAIRSEQ_KD_PROGRESS") == "1")
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)
