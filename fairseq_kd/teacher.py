@@ -65,8 +65,13 @@ def check_teacher_dictionary(path: str, state: dict, tgt_dict) -> None:
     task_cfg = cfg.get("task", {}) if isinstance(cfg, dict) else getattr(cfg, "task", {})
     get = task_cfg.get if isinstance(task_cfg, dict) else (lambda k, d=None: getattr(task_cfg, k, d))
     data, tgt = get("data", None), get("target_lang", None)
+    data = str(data).split(":")[0] if data else None
+    if data and tgt is None and os.path.isdir(data):
+        from fairseq.data import data_utils
+
+        tgt = data_utils.infer_language_pair(data)[1]  # as fairseq's translation task does
     if data and tgt:
-        dict_path = os.path.join(str(data).split(":")[0], f"dict.{tgt}.txt")
+        dict_path = os.path.join(data, f"dict.{tgt}.txt")
         if os.path.isfile(dict_path):
             message = dictionary_mismatch(Dictionary.load(dict_path), tgt_dict)
             if message:

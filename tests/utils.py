@@ -113,11 +113,15 @@ def train(
 
 
 def generate(data_bin: str, path: str, extra: Sequence[str] = (), subset: str = "test") -> List[str]:
-    """fairseq-generate; returns the hypothesis lines (``H-`` rows), in id order."""
+    """fairseq-generate; returns the hypothesis lines (``H-`` rows), in id order.
+
+    ``--required-batch-size-multiple 1``: fairseq otherwise drops the last batch
+    when its size is not a multiple of 8 (fairseq issue #5036), and sentences
+    silently vanish from the output."""
     proc = run([
         command("fairseq-generate"), data_bin, "--user-dir", USER_DIR, "--path", path,
         "--gen-subset", subset, "--beam", "2", "--max-tokens", "2000", "--cpu",
-        "--num-workers", "0", *extra,
+        "--num-workers", "0", "--required-batch-size-multiple", "1", *extra,
     ])
     rows = [line.split("\t") for line in proc.stdout.splitlines() if line.startswith("H-")]
     rows.sort(key=lambda r: int(r[0][2:]))
@@ -138,3 +142,28 @@ def json_logs(stdout_or_stderr: str) -> List[dict]:
         except ValueError:
             pass
     return records
+
+
+def build_in_process(argv: Sequence[str]):
+    """Parse fairseq-train arguments and build (cfg, task, model, criterion)
+    in this process, for tests that compare losses on the same batch."""
+    import fairseq_kd  # noqa: F401  (registers the plugin)
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, ["--user-dir", USER_DIR, *argv])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return cfg, task, model, criterion
+
+
+def first_batch(task, split: str = "train", max_tokens: int = 400, seed: int = 1):
+    """One collated batch of a split, as fairseq-train would build it."""
+    task.load_dataset(split)
+    itr = task.get_batch_iterator(
+        dataset=task.dataset(split), max_tokens=max_tokens, seed=seed, num_workers=0
+    ).next_epoch_itr(shuffle=True)
+    return next(iter(itr))

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny binarized copy task and a teacher trained on it, built once."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import utils  # noqa: E402
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # tests must pass with safe loading on
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Binarized synthetic src->tgt data (train/valid/test)."""
+    root = tmp_path_factory.mktemp("tiny")
+    utils.make_copy_task(str(root / "text"))
+    return utils.preprocess(str(root / "text"), str(root / "bin"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data, tmp_path_factory):
+    """A 1-layer Transformer trained 120 updates on tiny_data: checkpoint path."""
+    save = tmp_path_factory.mktemp("teacher")
+    utils.train(tiny_data, str(save), max_update=120)
+    return str(save / "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher2(tiny_data, tmp_path_factory):
+    """A second teacher (another seed) for ensembles."""
+    save = tmp_path_factory.mktemp("teacher2")
+    utils.train(tiny_data, str(save), max_update=60, extra=["--seed", "7"])
+    return str(save / "checkpoint_last.pt")
