@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Online-teacher overhead of --criterion word_kd.
+
+Trains the same student on the same data for a fixed number of updates with
+``label_smoothed_cross_entropy`` and with ``word_kd`` (online teacher),
+alternating the runs, and prints words/s of each and their ratio. Beside it,
+the teacher's forward time per batch (measured alone on the same batches), so
+the overhead per update can be compared with what the teacher must cost.
+
+usage:
+  python benchmarks/word_kd_overhead.py DATA --teacher TEACHER.pt [--updates 60] [--repeats 2]
+      [--student-args "..."] [--max-tokens 4096] [--cpu]
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDENT = (
+    "--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 "
+    "--decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 "
+    "--encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings"
+)
+
+
+def train_wps(data, criterion_args, args):
+    """Median words/s of fairseq-train's log intervals after the first."""
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data,
+        "--user-dir", os.path.join(REPO, "fairseq_kd"), *shlex.split(args.student_args),
+        *criterion_args, "--optimizer", "adam", "--lr", "0.0005", "--max-tokens", str(args.max_tokens),
+        "--max-update", str(args.updates), "--log-format", "json", "--log-interval", str(args.log_interval),
+        "--no-save", "--disable-validation", "--no-progress-bar", "--seed", "1", "--num-workers", "0",
+    ] + (["--cpu"] if args.cpu else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    records = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "| train_inner |" in line:
+            records.append(json.loads(line.split("| train_inner | ", 1)[1]))
+    wps = [float(r["wps"]) for r in records[1:]] or [float(r["wps"]) for r in records]
+    wpb = statistics.median(float(r["wpb"]) for r in records)
+    return statistics.median(wps), wpb
+
+
+def teacher_forward_ms(data, args):
+    """Mean teacher forward time per batch (no_grad), on the training batches."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import torch
+
+    import utils
+
+    cfg, task, model, _ = utils.build_in_process(
+        [data, *shlex.split(args.student_args), "--task", "translation_kd", "--teacher-path", args.teacher,
+         "--max-tokens", str(args.max_tokens)] + (["--cpu"] if args.cpu else [])
+    )
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_tokens=args.max_tokens, seed=1, num_workers=0
+    ).next_epoch_itr(shuffle=True)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    task.teacher.follow(device, torch.float32)
+    times = []
+    for i, sample in enumerate(itr):
+        if i >= args.teacher_batches + 2:
+            break
+        net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        task.teacher.logits(net_input)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # warm-up
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.mean(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("data", help="binarized data directory (fairseq-preprocess output)")
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint sharing the target dictionary")
+    parser.add_argument("--updates", type=int, default=60, help="updates per run")
+    parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each criterion")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="batch size in tokens")
+    parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
+    parser.add_argument("--teacher-batches", type=int, default=20, help="batches timed for the teacher forward")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    args = parser.parse_args()
+
+    ls = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+    kd = ["--task", "translation_kd", "--teacher-path", args.teacher, "--criterion", "word_kd",
+          "--label-smoothing", "0.1", "--kd-alpha", "0.5"]
+    results = {"label_smoothed_cross_entropy": [], "word_kd": []}
+    wpb = None
+    for r in range(args.repeats):
+        for name, crit in (("label_smoothed_cross_entropy", ls), ("word_kd", kd)):
+            wps, wpb = train_wps(args.data, crit, args)
+            results[name].append(wps)
+            print(f"run {r + 1}: {name:30s} {wps:9.1f} words/s", flush=True)
+    base = statistics.median(results["label_smoothed_cross_entropy"])
+    kd_wps = statistics.median(results["word_kd"])
+    ms_base, ms_kd = 1000 * wpb / base, 1000 * wpb / kd_wps
+    t_ms = teacher_forward_ms(args.data, args)
+    print(f"\nlabel_smoothed_cross_entropy {base:9.1f} words/s  ({ms_base:7.1f} ms/update)")
+    print(f"word_kd (online teacher)     {kd_wps:9.1f} words/s  ({ms_kd:7.1f} ms/update)")
+    print(f"ratio word_kd / baseline     {kd_wps / base:9.3f}")
+    print(f"overhead per update          {ms_kd - ms_base:9.1f} ms")
+    print(f"teacher forward per batch    {t_ms:9.1f} ms   (overhead / teacher forward = {(ms_kd - ms_base) / t_ms:.2f})")
+
+
+if __name__ == "__main__":
+    main()
