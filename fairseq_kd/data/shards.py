@@ -1,0 +1,93 @@
+"""Splitting an offline stage (soft-label dump, distilled corpus) into shards.
+
+Shard I of N processes a contiguous range of sentences [start, end) of the
+split, chosen so that every shard holds about the same number of tokens (not
+sentences): long and short sentences cost differently. Ranges depend only on
+the split's sizes and N, so every process computes the same partition with no
+communication, and a shard that dies can be rerun alone.
+
+Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK) or Slurm's ``srun``
+(SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID) each process finds its shard and
+its GPU from the environment, as ``fairseq-train`` does.
+"""
+import os
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class Shard(NamedTuple):
+    num_shards: int
+    shard_id: int
+    local_rank: int  # which GPU of this node (0 without a launcher)
+
+
+def shard_bounds(sizes: Sequence[int], num_shards: int) -> np.ndarray:
+    """num_shards + 1 sentence boundaries b with shard i = [b[i], b[i+1]).
+
+    Boundary k (0 < k < N) is the first sentence whose cumulative token count
+    (itself included) reaches k/N of the total, so every shard holds about
+    total/N tokens. Contiguous, in order, covering every sentence once; a
+    shard may be empty when there are fewer sentences than shards.
+    """
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    sizes = np.asarray(sizes, dtype=np.int64)
+    cum = np.cumsum(sizes)
+    total = int(cum[-1]) if len(cum) else 0
+    targets = total * np.arange(1, num_shards) / num_shards
+    inner = np.searchsorted(cum, targets, side="left") + 1 if total else np.zeros(num_shards - 1, np.int64)
+    bounds = np.concatenate([[0], np.minimum(inner, len(sizes)), [len(sizes)]]).astype(np.int64)
+    return np.maximum.accumulate(bounds)
+
+
+def shard_range(sizes: Sequence[int], num_shards: int, shard_id: int) -> Tuple[int, int]:
+    """(start, end) sentence range of shard ``shard_id`` of ``num_shards``."""
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard-id must be in [0, {num_shards}), got {shard_id}")
+    bounds = shard_bounds(sizes, num_shards)
+    return int(bounds[shard_id]), int(bounds[shard_id + 1])
+
+
+def shard_from_env(
+    num_shards: Optional[int] = None,
+    shard_id: Optional[int] = None,
+    env: Optional[Mapping[str, str]] = None,
+) -> Shard:
+    """The shard this process runs: explicit options first, else torchrun's or
+    Slurm's variables, else the single shard 0 of 1."""
+    env = os.environ if env is None else env
+    if num_shards is not None or shard_id is not None:
+        if num_shards is None or shard_id is None:
+            raise ValueError("--num-shards and --shard-id go together")
+        local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+        return Shard(num_shards, shard_id, local)
+    for world, rank, local in (
+        ("WORLD_SIZE", "RANK", "LOCAL_RANK"),
+        ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"),
+    ):
+        if world in env and rank in env:
+            return Shard(int(env[world]), int(env[rank]), int(env.get(local, 0)))
+    return Shard(1, 0, 0)
+
+
+def part_name(shard: Shard) -> str:
+    """Folder name of a shard's part: ``part-00001-of-00004``."""
+    return f"part-{shard.shard_id:05d}-of-{shard.num_shards:05d}"
+
+
+def check_cover(ranges: Sequence[Tuple[str, int, int]], n_sentences: int) -> None:
+    """Raise ValueError unless the (name, start, end) ranges cover [0, n) exactly once,
+    naming the gaps and the overlapping parts."""
+    problems = []
+    pos, last = 0, None
+    for name, start, end in sorted(ranges, key=lambda r: (r[1], r[2])):
+        if start > pos:
+            problems.append(f"sentences {pos}..{start - 1} are in no part (missing shard before {name})")
+        elif start < pos:
+            problems.append(f"{name} [{start}, {end}) overlaps {last}")
+        pos, last = max(pos, end), name
+    if pos < n_sentences:
+        problems.append(f"sentences {pos}..{n_sentences - 1} are in no part (missing shard after {last})")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -1,0 +1,50 @@
+"""Token-balanced contiguous shards and launcher detection (fairseq_kd.data.shards)."""
+import numpy as np
+import pytest
+
+from fairseq_kd.data import shards
+
+
+def test_bounds_are_contiguous_cover_everything_and_balance_tokens():
+    rng = np.random.RandomState(0)
+    sizes = rng.randint(1, 100, size=1001)
+    for n in (1, 2, 3, 7):
+        b = shards.shard_bounds(sizes, n)
+        assert b[0] == 0 and b[-1] == len(sizes) and (np.diff(b) >= 0).all()
+        tokens = [sizes[b[i]:b[i + 1]].sum() for i in range(n)]
+        assert sum(tokens) == sizes.sum()
+        assert max(tokens) - min(tokens) <= 2 * sizes.max()  # within a sentence or two
+
+
+def test_balance_is_by_tokens_not_sentences():
+    sizes = [100] * 2 + [1] * 200  # 400 tokens: two long sentences weigh 200
+    assert shards.shard_range(sizes, 2, 0) == (0, 2)
+    assert shards.shard_range(sizes, 2, 1) == (2, 202)
+
+
+def test_golden_small_case_and_more_shards_than_sentences():
+    assert shards.shard_bounds([1, 1, 1, 1], 2).tolist() == [0, 2, 4]
+    assert shards.shard_bounds([3, 1], 4).tolist() == [0, 1, 1, 1, 2]
+    assert shards.shard_bounds([], 3).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="shard-id"):
+        shards.shard_range([1, 2], 2, 2)
+
+
+def test_shard_from_env():
+    assert shards.shard_from_env(env={}) == (1, 0, 0)
+    assert shards.shard_from_env(env={"WORLD_SIZE": "4", "RANK": "5", "LOCAL_RANK": "1"}) == (4, 5, 1)
+    assert shards.shard_from_env(env={"SLURM_NTASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}) == (3, 2, 0)
+    assert shards.shard_from_env(2, 1, env={"WORLD_SIZE": "8", "RANK": "3"}) == (2, 1, 0)
+    with pytest.raises(ValueError, match="go together"):
+        shards.shard_from_env(num_shards=2, env={})
+    assert shards.part_name(shards.Shard(4, 1, 0)) == "part-00001-of-00004"
+
+
+def test_check_cover_names_gaps_and_overlaps():
+    shards.check_cover([("a", 0, 5), ("b", 5, 9)], 9)
+    with pytest.raises(ValueError, match=r"sentences 5\.\.6 are in no part"):
+        shards.check_cover([("a", 0, 5), ("c", 7, 9)], 9)
+    with pytest.raises(ValueError, match=r"b \[4, 9\) overlaps a"):
+        shards.check_cover([("a", 0, 5), ("b", 4, 9)], 9)
+    with pytest.raises(ValueError, match=r"sentences 5\.\.8 are in no part \(missing shard after a\)"):
+        shards.check_cover([("a", 0, 5)], 9)
