@@ -132,3 +132,48 @@ def logit_mse(logits_S: Tensor, logits_T: Tensor) -> Tensor:
         N values, sum_c (z_T,c - z_S,c)^2.
     """
     return (logits_T.float() - logits_S.float()).pow(2).sum(-1)
+
+
+def logit_mse_objective(
+    logits_S: Tensor, logits_T: Tensor, target: Tensor, alpha: float = 0.0
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Tang et al. (2019) eq. 2, per example, with unlabelled examples.
+
+    Args:
+        logits_S: N x C student logits; logits_T: N x C teacher logits.
+        target: N gold classes, -1 where an example has no gold label
+            (augmented transfer set).
+        alpha: weight of the gold cross-entropy; 0 is BiLSTM_SOFT (pure MSE).
+
+    Returns:
+        (loss, ce, mse), each N values:
+        loss_n = alpha * CE(z_S,n, y_n) + (1 - alpha) * ||z_T,n - z_S,n||^2 when y_n >= 0,
+        loss_n = ||z_T,n - z_S,n||^2 when y_n = -1 (only the teacher knows it);
+        ce is 0 where y_n = -1.
+    """
+    labelled = target >= 0
+    ce = F.cross_entropy(logits_S.float(), target.clamp(min=0), reduction="none") * labelled
+    mse = logit_mse(logits_S, logits_T)
+    loss = torch.where(labelled, alpha * ce + (1.0 - alpha) * mse, mse)
+    return loss, ce, mse
+
+
+def gaussian_rank_weights(k: int, sigma: float = 1.0) -> Tensor:
+    """D2GPo prior weights by similarity rank (Li et al. 2020, ICLR).
+
+    Args:
+        k: number of ranks; rank 0 is the gold word itself, rank r its r-th
+            nearest neighbour by embedding cosine similarity.
+        sigma: standard deviation of the Gaussian over ranks.
+
+    Returns:
+        k float64 values, the normal density N(r; 0, sigma^2) =
+        exp(-r^2 / (2 sigma^2)) / (sigma sqrt(2 pi)), as the paper's code
+        (``generate_d2gpo_distribution.py``, gaussian mode, offset 0) stores
+        them. The prior is then q_T = softmax(weights / T) over the stored
+        candidates (:func:`topk_soft_targets` with the weights as logits).
+    """
+    if k < 1 or sigma <= 0:
+        raise ValueError(f"need k >= 1 and sigma > 0, got k={k}, sigma={sigma}")
+    rank = torch.arange(k, dtype=torch.float64)
+    return torch.exp(-rank.pow(2) / (2.0 * sigma**2)) / (sigma * (2.0 * torch.pi) ** 0.5)

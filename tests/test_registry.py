@@ -9,14 +9,14 @@ import utils
 PROBE = r"""
 import json, sys
 from fairseq.tasks import TASK_REGISTRY
-from fairseq.models import MODEL_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.models import MODEL_REGISTRY, ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
 from fairseq.criterions import CRITERION_REGISTRY
 regs = {"task": TASK_REGISTRY, "model": MODEL_REGISTRY, "arch": ARCH_MODEL_REGISTRY, "criterion": CRITERION_REGISTRY}
 before = {k: set(v) for k, v in regs.items()}
 from fairseq import utils
 utils.import_user_module(type("A", (), {"user_dir": sys.argv[1]})())
 added = {k: sorted(set(v) - before[k]) for k, v in regs.items()}
-owner = {k: {n: (regs[k][n].__module__ if k != "arch" else regs[k][n].__module__) for n in regs[k]} for k in regs}
+owner = {k: {n: (regs[k][n].__module__ if k != "arch" else ARCH_CONFIG_REGISTRY[n].__module__) for n in regs[k]} for k in regs}
 print(json.dumps({"added": added, "owner": owner}))
 """
 

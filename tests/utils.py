@@ -167,3 +167,169 @@ def first_batch(task, split: str = "train", max_tokens: int = 400, seed: int = 1
         dataset=task.dataset(split), max_tokens=max_tokens, seed=seed, num_workers=0
     ).next_epoch_itr(shuffle=True)
     return next(iter(itr))
+
+
+def make_classification_task(
+    path: str,
+    n_train: int = 200,
+    n_valid: int = 40,
+    pairs: bool = False,
+    vocab: int = 10,
+    min_len: int = 2,
+    max_len: int = 8,
+    seed: int = 0,
+) -> str:
+    """Write a synthetic sentence(-pair) classification task as text:
+    ``{train,valid}.input0`` (and ``.input1``) and ``.label`` ("0"/"1").
+
+    Words are ``pN`` / ``nN``; the label is 1 when the sentence (pair) has more
+    ``p`` words than ``n`` words. Learnable by a tiny BiLSTM in a few updates."""
+    rng = random.Random(seed)
+    os.makedirs(path, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        files = {k: open(os.path.join(path, f"{split}.{k}"), "w") for k in
+                 (["input0", "input1"] if pairs else ["input0"]) + ["label"]}
+        for _ in range(n):
+            score = 0
+            for key in files:
+                if key == "label":
+                    continue
+                words = [rng.choice("pn") + str(rng.randrange(vocab)) for _ in range(rng.randint(min_len, max_len))]
+                score += sum(1 if w[0] == "p" else -1 for w in words)
+                files[key].write(" ".join(words) + "\n")
+            files["label"].write(("1" if score > 0 else "0") + "\n")
+        for f in files.values():
+            f.close()
+    return path
+
+
+def preprocess_classification(text_dir: str, dest_dir: str, splits: Sequence[str] = ("train", "valid")) -> str:
+    """Binarize a classification task as fairseq's sentence_prediction reads it:
+    ``dest/input0``, ``dest/input1`` (pairs) and ``dest/label``, with a fixed
+    label dictionary so that label "0" is class 0 and "1" class 1.
+
+    A split's label file may hold ``<unk>`` (no gold label: target -1)."""
+    os.makedirs(dest_dir, exist_ok=True)
+    label_dict = os.path.join(dest_dir, "label.dict.txt")
+    with open(label_dict, "w") as f:
+        f.write("0 1\n1 1\n")
+    input_dict = os.path.join(dest_dir, "input0", "dict.txt")
+    for key in ("input0", "input1", "label"):
+        present = [s for s in splits if os.path.exists(os.path.join(text_dir, f"{s}.{key}"))]
+        if not present:
+            continue
+        args = [command("fairseq-preprocess"), "--only-source", "--workers", "1",
+                "--destdir", os.path.join(dest_dir, key)]
+        if key == "label":
+            args += ["--srcdict", label_dict]
+        elif key == "input1":
+            args += ["--srcdict", input_dict]
+        elif "train" not in present:
+            raise ValueError("preprocess_classification needs train.input0 to build the dictionary")
+        others = [s for s in present if s not in ("train", "valid")]
+        for split, option in (("train", "--trainpref"), ("valid", "--validpref")):
+            if split in present:
+                args += [option, os.path.join(text_dir, f"{split}.{key}")]
+        if others:  # binarized as test, test1, ... then renamed
+            args += ["--testpref", ",".join(os.path.join(text_dir, f"{s}.{key}") for s in others)]
+        _preprocess_in_process(args[1:])
+        for i, split in enumerate(others):
+            for ext in ("bin", "idx"):
+                os.replace(os.path.join(dest_dir, key, f"test{i or ''}.{ext}"),
+                           os.path.join(dest_dir, key, f"{split}.{ext}"))
+    return dest_dir
+
+
+def _preprocess_in_process(argv: Sequence[str]) -> None:
+    """fairseq-preprocess's own main, in this process: data setup for tests that
+    test something else, without paying fairseq's import once per call."""
+    from fairseq import options
+    from fairseq_cli import preprocess as fairseq_preprocess
+
+    args = options.get_preprocessing_parser().parse_args([str(a) for a in argv])
+    fairseq_preprocess.main(args)
+
+
+# A 1-layer, 16-unit BiLSTM classifier with 16-d embeddings.
+TINY_BILSTM = ["--arch", "bilstm_classifier", "--embed-dim", "16", "--lstm-hidden-size", "16",
+               "--classifier-hidden-size", "16"]
+
+
+def train_classifier(
+    data_bin: str,
+    save_dir: str,
+    extra: Sequence[str] = (),
+    arch: Sequence[str] = TINY_BILSTM,
+    task: str = "sentence_prediction",
+    criterion: Sequence[str] = ("--criterion", "sentence_prediction"),
+    max_update: int = 30,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """fairseq-train on a classification task (2 classes), tiny and deterministic."""
+    args = [
+        command("fairseq-train"), data_bin, "--user-dir", USER_DIR, "--task", task, "--num-classes", "2",
+        "--save-dir", save_dir, *arch, *criterion,
+        "--optimizer", "adam", "--lr", "0.01", "--batch-size", "16", "--max-update", str(max_update),
+        "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "5",
+        "--no-epoch-checkpoints", "--no-progress-bar", "--cpu", "--required-batch-size-multiple", "1",
+    ]
+    return run(args + list(extra), check=check)
+
+
+def distill_corpus(data_bin: str, teacher: str, out: str, extra: Sequence[str] = (), check: bool = True):
+    """fairseq-kd-distill-corpus on the CPU (a sequence-level KD corpus in ``out``)."""
+    return run([command("fairseq-kd-distill-corpus"), data_bin, "--path", teacher, "--out", out,
+                "--cpu", "--max-tokens", "2000", *extra], check=check)
+
+
+def make_bert_task(root: str, n_train: int = 300, with_head: bool = True) -> tuple:
+    """A copy task (:func:`make_copy_task`) in the vocabulary of a tiny random
+    BERT (:func:`fairseq_kd.data.bert_io.write_checkpoint`), binarized with
+    ``--joined-dictionary`` as the C-MLM teacher needs: ``(bert_dir, data_bin)``."""
+    from fairseq_kd.data import bert_io
+
+    text = make_copy_task(os.path.join(root, "text"), n_train=n_train)
+    words = [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)]
+    bert = bert_io.write_checkpoint(os.path.join(root, "bert"), words, with_head=with_head)
+    data_bin = preprocess(text, os.path.join(root, "bin"), extra=["--joined-dictionary"])
+    return bert, data_bin
+
+
+def train_bert_teacher(
+    data_bin: str, bert_dir: str, save_dir: str, max_update: int = 30, extra: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """fairseq-train --task conditional_mlm on a tiny BERT checkpoint."""
+    return run([
+        command("fairseq-train"), data_bin, "--user-dir", USER_DIR, "--task", "conditional_mlm",
+        "--arch", "bert_teacher_base", "--bert-path", bert_dir, "--save-dir", save_dir,
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0", "--report-accuracy",
+        "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "600", "--max-update", str(max_update),
+        "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "5",
+        "--no-epoch-checkpoints", "--no-progress-bar", "--cpu", *extra,
+    ])
+
+
+# Shrinks the NAT presets (--arch cmlm_kd_* / levt_kd_*) to 1 layer, 32 wide.
+TINY_NAT_SIZES = [
+    "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--dropout", "0.1",
+]
+
+
+def make_nat_data(root: str, teacher_updates: int = 120) -> dict:
+    """Tiny data for NAT students: the copy task binarized with one joined
+    dictionary (the NAT presets share all embeddings), an autoregressive
+    teacher trained on it, and the teacher's distilled corpus.
+
+    Returns {"bin", "teacher", "distilled"} paths."""
+    text, data_bin = os.path.join(root, "text"), os.path.join(root, "bin")
+    make_copy_task(text)
+    preprocess(text, data_bin, extra=["--joined-dictionary"])
+    save = os.path.join(root, "teacher")
+    train(data_bin, save, max_update=teacher_updates, extra=["--share-all-embeddings"])
+    teacher = os.path.join(save, "checkpoint_last.pt")
+    distilled = os.path.join(root, "distilled")
+    distill_corpus(data_bin, teacher, distilled)
+    return {"bin": data_bin, "teacher": teacher, "distilled": distilled}

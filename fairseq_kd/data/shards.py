@@ -91,3 +91,45 @@ def check_cover(ranges: Sequence[Tuple[str, int, int]], n_sentences: int) -> Non
         problems.append(f"sentences {pos}..{n_sentences - 1} are in no part (missing shard after {last})")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_parts(parts: Sequence[Mapping], n_sentences: int) -> None:
+    """Raise ValueError naming every problem that forbids merging ``parts``.
+
+    Each part is a mapping with ``name``, ``shard`` ([id, N]), ``range``
+    ([start, end)) and ``settings`` (whatever must be equal across parts: K,
+    passes, beam, dictionary and split checksums, teacher hashes...). Parts
+    whose settings differ from the most common ones are named with the
+    differing fields; then the ranges must cover [0, n) exactly once
+    (:func:`check_cover`), and for every N seen, parts 0..N-1 must all be there.
+    """
+    import json
+    from collections import Counter
+
+    problems = []
+    if not parts:
+        raise ValueError("no parts found")
+    keys = [json.dumps(p["settings"], sort_keys=True) for p in parts]
+    reference = json.loads(Counter(keys).most_common(1)[0][0])
+    for part, key in zip(parts, keys):
+        if json.loads(key) != reference:
+            fields = sorted(k for k in set(reference) | set(part["settings"])
+                            if reference.get(k) != part["settings"].get(k))
+            detail = ", ".join(f"{k}: {part['settings'].get(k)!r} vs {reference.get(k)!r}" for k in fields)
+            problems.append(f"{part['name']} was made with other settings than the other parts ({detail})")
+    present = {}
+    for part in parts:
+        shard_id, num_shards = part["shard"]
+        present.setdefault(num_shards, set()).add(shard_id)
+    for num_shards, ids in sorted(present.items()):
+        missing = [part_name(Shard(num_shards, i, 0)) for i in range(num_shards) if i not in ids]
+        if missing:
+            problems.append(f"missing {', '.join(missing)} (rerun those shards)")
+    if len(present) > 1:
+        problems.append(f"parts of different --num-shards ({', '.join(map(str, sorted(present)))}) are mixed")
+    try:
+        check_cover([(p["name"], p["range"][0], p["range"][1]) for p in parts], n_sentences)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))

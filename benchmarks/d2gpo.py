@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Speed and memory of --criterion d2gpo.
+
+1. Words/s: trains the same student on the same data for a fixed number of
+   updates with ``label_smoothed_cross_entropy`` and with ``d2gpo``,
+   alternating the runs, and prints the median words/s of each and their
+   ratio (goal: d2gpo >= 0.9x).
+2. Memory: builds a prior at V = 32k, k = 256 from random embeddings (the
+   similarity structure does not change sizes or speed) and prints its size
+   on disk and in memory, its build time, and the dense V x V float32 matrix
+   of the paper's code for comparison.
+
+usage:
+  python benchmarks/d2gpo.py DATA [--prior DIR] [--updates 60] [--repeats 2]
+      [--student-args "..."] [--d2gpo-args "..."] [--max-tokens 2048] [--cpu]
+      [--memory-vocab 32000] [--memory-k 256]
+
+Without --prior, a prior (k = 256) of DATA's target dictionary is built from
+random embeddings in a temporary directory.
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+STUDENT = (
+    "--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 "
+    "--decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 "
+    "--encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings"
+)
+
+
+def train_wps(data, criterion_args, args):
+    """Median words/s of fairseq-train's log intervals after the first."""
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data,
+        "--user-dir", os.path.join(REPO, "fairseq_kd"), *shlex.split(args.student_args),
+        *criterion_args, "--optimizer", "adam", "--lr", "0.0005", "--max-tokens", str(args.max_tokens),
+        "--max-update", str(args.updates), "--log-format", "json", "--log-interval", str(args.log_interval),
+        "--no-save", "--disable-validation", "--no-progress-bar", "--seed", "1", "--num-workers", "0",
+    ] + (["--cpu"] if args.cpu else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    records = [
+        json.loads(line.split("| train_inner | ", 1)[1])
+        for line in (proc.stdout + proc.stderr).splitlines() if "| train_inner |" in line
+    ]
+    wps = [float(r["wps"]) for r in records[1:]] or [float(r["wps"]) for r in records]
+    return statistics.median(wps), statistics.median(float(r["wpb"]) for r in records)
+
+
+def step_wps(data, prior_dir, args, rounds=5, batches=8):
+    """Words/s of forward + loss + backward (no optimizer) in one process, the two
+    criterions alternating on the same batches ``rounds`` times: (ls, d2gpo) medians."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_kd.criterions.d2gpo import D2GPoCriterion
+
+    parser = options.get_training_parser()
+    ns = options.parse_args_and_arch(parser, [
+        data, "--user-dir", os.path.join(REPO, "fairseq_kd"), *shlex.split(args.student_args),
+        "--criterion", "d2gpo", "--label-smoothing", "0.1", "--d2gpo-prior", prior_dir,
+        *shlex.split(args.d2gpo_args), "--max-tokens", str(args.max_tokens), "--cpu",
+    ])
+    cfg = convert_namespace_to_omegaconf(ns)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterions = {
+        "label_smoothed_cross_entropy": LabelSmoothedCrossEntropyCriterion(task, False, 0.1),
+        "d2gpo": task.build_criterion(cfg.criterion),
+    }
+    assert isinstance(criterions["d2gpo"], D2GPoCriterion)
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_tokens=args.max_tokens, seed=1, num_workers=0
+    ).next_epoch_itr(shuffle=True)
+    samples = [s for _, s in zip(range(batches), itr)]
+    words = sum(s["ntokens"] for s in samples)
+    model.train()
+    wps = {name: [] for name in criterions}
+    for r in range(rounds + 1):
+        for name, criterion in criterions.items():
+            t0 = time.perf_counter()
+            for sample in samples:
+                loss, _, _ = criterion(model, sample)
+                loss.backward()
+            if r > 0:  # round 0 warms up
+                wps[name].append(words / (time.perf_counter() - t0))
+            model.zero_grad()
+    return {name: statistics.median(v) for name, v in wps.items()}
+
+
+def random_prior(out, dictionary_path, k, dim=64, dtype="float16"):
+    """A prior store for a dictionary from random embeddings: (header, seconds, dictionary)."""
+    import torch
+    from fairseq.data import Dictionary
+
+    from fairseq_kd.data import array_store, prior
+
+    d = Dictionary.load(dictionary_path)
+    emb = torch.randn(len(d), dim, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    header = prior.build(
+        out, emb, ~prior.special_symbols(d), min(k, len(d)), 1.0,
+        {"dictionary_checksum": array_store.dictionary_checksum(d)}, dtype=dtype,
+    )
+    return header, time.perf_counter() - t0, d
+
+
+def memory(args):
+    """Prior size at V = --memory-vocab, k = --memory-k, against the dense V x V float32."""
+    from fairseq.data import Dictionary
+
+    from fairseq_kd.data import prior
+
+    V, k = args.memory_vocab, args.memory_k
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Dictionary()
+        for i in range(V - d.nspecial):
+            d.add_symbol(f"w{i}")
+        d.save(os.path.join(tmp, "dict.txt"))
+        _, seconds, d = random_prior(os.path.join(tmp, "prior"), os.path.join(tmp, "dict.txt"), k)
+        disk = sum(os.path.getsize(os.path.join(tmp, "prior", f"{n}.npy")) for n in ("ids", "weights"))
+        t0 = time.perf_counter()
+        table = prior.load(os.path.join(tmp, "prior"), d)
+        load_s = time.perf_counter() - t0
+    dense = V * V * 4
+    print(f"prior V={V} k={k} float16: {disk / 2**20:.1f} MiB on disk, {table.nbytes() / 2**20:.1f} MiB in memory "
+          f"(built in {seconds:.1f} s, blocks of 512 x V float32 = {512 * V * 4 / 2**20:.0f} MiB; loaded in "
+          f"{load_s:.2f} s); dense V x V float32: {dense / 2**30:.2f} GiB = {dense / table.nbytes():.0f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="binarized translation data (fairseq-preprocess output)")
+    parser.add_argument("--prior", help="a prior store for DATA's target dictionary (default: random, k=256)")
+    parser.add_argument("--target-lang", help="target language of DATA (default: from its dict.*.txt files)")
+    parser.add_argument("--updates", type=int, default=60, help="updates per training run")
+    parser.add_argument("--repeats", type=int, default=2, help="fairseq-train runs per criterion, alternating (0: skip)")
+    parser.add_argument("--log-interval", type=int, default=10, help="updates per words/s measurement")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
+    parser.add_argument("--student-args", default=STUDENT, help="model arguments of the student")
+    parser.add_argument("--d2gpo-args", default="",
+                        help='extra arguments of the d2gpo runs, e.g. "--d2gpo-student-temperature 2"')
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
+    parser.add_argument("--step-rounds", type=int, default=5,
+                        help="rounds of the in-process forward+backward comparison (0: skip)")
+    parser.add_argument("--memory-vocab", type=int, default=32000, help="V of the memory comparison (0: skip)")
+    parser.add_argument("--memory-k", type=int, default=256, help="k of the memory comparison")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prior_dir = args.prior
+        if prior_dir is None:
+            dicts = sorted(f for f in os.listdir(args.data) if f.startswith("dict.") and f.endswith(".txt"))
+            tgt = args.target_lang or dicts[-1].split(".")[1]
+            prior_dir = os.path.join(tmp, "prior")
+            header, seconds, _ = random_prior(prior_dir, os.path.join(args.data, f"dict.{tgt}.txt"), 256)
+            print(f"random prior for dict.{tgt}.txt: V={header['vocab_size']} k={header['k']} ({seconds:.1f} s)")
+        runs = {
+            "label_smoothed_cross_entropy": [
+                "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+            "d2gpo": ["--criterion", "d2gpo", "--label-smoothing", "0.1", "--d2gpo-prior", prior_dir,
+                      *shlex.split(args.d2gpo_args)],
+        }
+        results = {name: [] for name in runs}
+        for r in range(args.repeats):  # alternating: load drift hits both alike
+            for name, criterion in runs.items():
+                wps, wpb = train_wps(args.data, criterion, args)
+                results[name].append(wps)
+                print(f"run {r + 1} {name}: {wps:.0f} words/s ({wpb:.0f} words/batch)", flush=True)
+        if args.repeats:
+            base = statistics.median(results["label_smoothed_cross_entropy"])
+            d2gpo = statistics.median(results["d2gpo"])
+            print(f"fairseq-train median words/s: label_smoothed_cross_entropy {base:.0f}, d2gpo {d2gpo:.0f}, "
+                  f"ratio {d2gpo / base:.3f}", flush=True)
+        if args.step_rounds:
+            steps = step_wps(args.data, prior_dir, args, rounds=args.step_rounds)
+            base, d2gpo = steps["label_smoothed_cross_entropy"], steps["d2gpo"]
+            print(f"forward+backward in one process, alternating, median of {args.step_rounds} rounds: "
+                  f"label_smoothed_cross_entropy {base:.0f} words/s, d2gpo {d2gpo:.0f}, ratio {d2gpo / base:.3f}")
+    if args.memory_vocab:
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()

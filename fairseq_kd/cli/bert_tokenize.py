@@ -1,0 +1,180 @@
+"""``fairseq-kd-bert-tokenize``: text <-> a BERT teacher's WordPiece pieces.
+
+The C-MLM teacher and its student share one fairseq dictionary built from
+WordPiece text, so that the teacher's soft labels are student ids:
+
+    fairseq-kd-bert-tokenize --vocab BERT_DIR train.de.gz -o wp/train.de   # likewise every split/side
+    fairseq-preprocess --joined-dictionary --source-lang de --target-lang en \\
+        --trainpref wp/train --validpref wp/valid --testpref wp/test --destdir data-bin
+
+Tokenization uses the ``tokenizers`` library's BERT WordPiece pipeline with
+the teacher's ``vocab.txt``, lowercasing and stripping accents when the
+vocabulary is uncased (``do_lower_case`` in a ``tokenizer_config.json`` beside
+it, else no piece has an upper-case letter A-Z) unless
+``--lowercase`` says otherwise. ``--detokenize`` turns pieces back into text
+(``##`` pieces are glued to the previous one; ``--lang`` then applies Moses
+detokenization to punctuation), and ``--normalize`` applies only the
+vocabulary's normalization (for references scored against detokenized output).
+"""
+import argparse
+import gzip
+import io
+import os
+import sys
+import time
+
+from ._common import progress, record_run
+
+
+ENGLISH_CLITICS = {"s", "t", "re", "ve", "ll", "d", "m"}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairseq-kd-bert-tokenize",
+        description="Tokenize text into a BERT vocabulary's WordPiece pieces (space-separated), "
+        "or detokenize pieces back into text.",
+    )
+    parser.add_argument("input", help="text file, one sentence a line (.gz read transparently; - = stdin)")
+    parser.add_argument("-o", "--output", default="-", help="output file (default: - = stdout)")
+    parser.add_argument("--vocab", required=True, help="the teacher's vocab.txt, or the BERT directory holding it")
+    parser.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
+                        help="lowercase and strip accents: auto = when the vocabulary is uncased (default)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--detokenize", action="store_true", help="pieces -> text (inverse of tokenization)")
+    mode.add_argument("--normalize", action="store_true",
+                      help="only apply the vocabulary's normalization (lowercasing, accents) to text")
+    parser.add_argument("--lang", default=None,
+                        help="with --detokenize: also Moses-detokenize punctuation for this language (e.g. en)")
+    parser.add_argument("--batch-lines", type=int, default=10000, help="lines tokenized per call (default: 10000)")
+    return parser
+
+
+def vocab_file(path: str) -> str:
+    file = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"BERT vocabulary not found: {file}")
+    return file
+
+
+def is_uncased(file: str) -> bool:
+    """``do_lower_case`` of a ``tokenizer_config.json`` beside the vocabulary when
+    there is one, else True when no piece outside [SPECIALS] holds an ASCII
+    upper-case letter (uncased vocabularies keep a few symbols such as U+211D)."""
+    config = os.path.join(os.path.dirname(file), "tokenizer_config.json")
+    if os.path.isfile(config):
+        import json
+
+        with open(config, encoding="utf-8") as f:
+            try:
+                lower = json.load(f).get("do_lower_case")
+            except ValueError:
+                lower = None
+        if isinstance(lower, bool):
+            return lower
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            piece = line.strip()
+            if piece.startswith("[") and piece.endswith("]"):
+                continue
+            if any("A" <= c <= "Z" for c in piece):
+                return False
+    return True
+
+
+def build_tokenizer(vocab: str, lowercase: str = "auto"):
+    """A ``tokenizers`` BertWordPieceTokenizer on ``vocab`` and whether it lowercases."""
+    from tokenizers import BertWordPieceTokenizer
+
+    file = vocab_file(vocab)
+    lower = is_uncased(file) if lowercase == "auto" else lowercase == "yes"
+    return BertWordPieceTokenizer(file, lowercase=lower, strip_accents=lower), lower
+
+
+def tokenize_lines(tokenizer, lines):
+    """Space-separated pieces of each line (no [CLS]/[SEP])."""
+    return [" ".join(e.tokens) for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
+
+
+def detokenize_line(line: str, detokenizer=None) -> str:
+    """Glue ``##`` pieces to their predecessor; optionally Moses-detokenize."""
+    words = []
+    for piece in line.split():
+        if piece.startswith("##") and words:
+            words[-1] += piece[2:]
+        else:
+            words.append(piece)
+    if detokenizer is None:
+        return " ".join(words)
+    if detokenizer.lang == "en":  # BERT splits "woman's" into ' and s; Moses expects 's
+        merged = []
+        for word in words:
+            if merged and merged[-1] == "'" and word in ENGLISH_CLITICS:
+                merged[-1] += word
+            else:
+                merged.append(word)
+        words = merged
+    return detokenizer.detokenize(words)
+
+
+def _open_input(path: str):
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input not found: {path}")
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def convert(args) -> dict:
+    tokenizer, lower = build_tokenizer(args.vocab, args.lowercase)
+    detokenizer = None
+    if args.detokenize and args.lang:
+        from sacremoses import MosesDetokenizer
+
+        detokenizer = MosesDetokenizer(lang=args.lang)
+    with _open_input(args.input) as f:
+        lines = [line.rstrip("\n").rstrip("\r") for line in f]
+    out, pieces = [], 0
+    for start in progress(range(0, len(lines), args.batch_lines), desc="tokenize", unit="batch"):
+        chunk = lines[start : start + args.batch_lines]
+        if args.detokenize:
+            out.extend(detokenize_line(line, detokenizer) for line in chunk)
+        elif args.normalize:
+            out.extend(tokenizer.normalizer.normalize_str(line).strip() for line in chunk)
+        else:
+            tokenized = tokenize_lines(tokenizer, chunk)
+            pieces += sum(len(t.split()) for t in tokenized)
+            out.extend(tokenized)
+    text = "".join(line + "\n" for line in out)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        tmp = args.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.output)
+        record_run(os.path.dirname(os.path.abspath(args.output)), args,
+                   name=os.path.basename(args.output) + ".command.json")
+    return {"lines": len(lines), "pieces": pieces, "lowercase": lower}
+
+
+def cli_main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    start = time.time()
+    try:
+        summary = convert(args)
+    except (OSError, ValueError) as e:
+        print(f"fairseq-kd-bert-tokenize: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    mode = "detokenized" if args.detokenize else "normalized" if args.normalize else "tokenized"
+    extra = f", {summary['pieces']} pieces" if summary["pieces"] else ""
+    print(
+        f"{mode} {summary['lines']} lines{extra} (lowercase={summary['lowercase']}) in "
+        f"{time.time() - start:.1f}s: {args.input} -> {args.output}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

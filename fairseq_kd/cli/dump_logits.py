@@ -1,0 +1,186 @@
+"""``fairseq-kd-dump-logits``: store a teacher classifier's logits for a split.
+
+Runs a fairseq classifier checkpoint (a ``bert_teacher`` or ``roberta`` model
+fine-tuned with ``--task sentence_prediction``, or any model with RoBERTa's
+``classification_heads`` interface) over a binarized split, original or
+augmented, and writes its logits (float32, sentences x C) as a store that
+``--task sentence_prediction_kd --teacher-logits DIR`` reads (Tang et al. 2019).
+
+The teacher reads its own binarization (``--data``, e.g. BERT WordPiece); the
+store is aligned, line by line, with the student's binarization of the same
+sentences (``--align-with``, default ``--data``), whose fingerprints go into
+the header and are checked when the student loads the store. Gold labels of
+the two must agree where both exist.
+
+Example::
+
+    fairseq-kd-dump-logits --path teacher/checkpoint_best.pt --data bin-teacher \\
+        --align-with bin-student --split train_aug --out logits/train_aug
+"""
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+
+from . import _common
+
+logger = logging.getLogger("fairseq_kd.cli.dump_logits")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairseq-kd-dump-logits",
+        description="Store a teacher classifier's logits for every sentence of a binarized split.",
+    )
+    parser.add_argument("--path", required=True, help="teacher checkpoint (fairseq classifier)")
+    parser.add_argument("--data", required=True, help="the teacher's binarized data directory (input0/, label/)")
+    parser.add_argument("--split", required=True, help="split to run the teacher over (e.g. train, train_aug)")
+    parser.add_argument(
+        "--align-with", default=None,
+        help="the student's binarized data directory holding the same sentences in the same order "
+        "(default: --data); the store is checked against it when the student loads it",
+    )
+    parser.add_argument("--out", required=True, help="output directory of the logit store")
+    parser.add_argument(
+        "--classification-head-name", default="sentence_classification_head",
+        help="name of the teacher's classification head",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    parser.add_argument("--fp16", action="store_true", help="run the teacher in half precision (GPU)")
+    return parser
+
+
+def load_teacher(path: str, data: str, head: str, device: torch.device, fp16: bool):
+    """(model, task) of a classifier checkpoint, its task reading ``data``."""
+    import fairseq_kd  # noqa: F401  (registers the plugin's models and tasks)
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    model = models[0]
+    heads = getattr(model, "classification_heads", None)
+    if heads is None or head not in heads:
+        raise ValueError(
+            f"{path}: the model has no classification head {head!r} "
+            f"(heads: {sorted(heads) if heads is not None else 'none'}); is it a sentence_prediction checkpoint?"
+        )
+    model.eval().requires_grad_(False).to(device)
+    if fp16:
+        model.half()
+    return model, task
+
+
+def class_symbols(label_dict, num_classes: int):
+    return list(label_dict.symbols[label_dict.nspecial: label_dict.nspecial + num_classes])
+
+
+def main(args) -> dict:
+    from fairseq import utils as fairseq_utils
+
+    from ..data import array_store, logits_store
+
+    align = args.align_with or args.data
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    model, task = load_teacher(args.path, args.data, args.classification_head_name, device, args.fp16)
+    num_classes = int(task.cfg.num_classes)
+    if getattr(task.cfg, "regression_target", False):
+        raise ValueError(f"{args.path} is a regression model; logits are for classification")
+
+    # Alignment of the teacher's split with the student's.
+    student = logits_store.fingerprint(align, args.split)
+    teacher_print = logits_store.split_fingerprint(args.data, args.split, task.source_dictionary)
+    if teacher_print["sentences"] != student["sentences"]:
+        raise ValueError(
+            f"split {args.split!r} has {teacher_print['sentences']} sentences in {args.data} (teacher) "
+            f"and {student['sentences']} in {align} (--align-with): not the same sentences"
+        )
+    student_labels = logits_store.label_dictionary(align)
+    if student_labels is not None:
+        ours, theirs = class_symbols(task.label_dictionary, num_classes), class_symbols(student_labels, num_classes)
+        if ours != theirs:
+            raise ValueError(
+                f"label order differs: teacher classes {ours} ({args.data}/label/dict.txt), student "
+                f"classes {theirs} ({align}/label/dict.txt); binarize both with the same label dictionary"
+            )
+        gold_T = logits_store.labels_of(args.data, args.split, task.label_dictionary)
+        gold_S = logits_store.labels_of(align, args.split, student_labels)
+        if gold_T is not None and gold_S is not None:
+            bad = next((i for i, (a, b) in enumerate(zip(gold_T, gold_S)) if a != b), None)
+            if bad is not None:
+                raise ValueError(
+                    f"gold labels differ at sentence {bad} of split {args.split!r}: {gold_T[bad]!r} in "
+                    f"{args.data}, {gold_S[bad]!r} in {align}: the splits are not aligned"
+                )
+
+    header = dict(
+        student,
+        kind=logits_store.KIND,
+        num_classes=num_classes,
+        classification_head=args.classification_head_name,
+        teacher_sha256=array_store.file_checksum(args.path),
+        teacher_sizes_checksum=teacher_print["sizes_checksum"],
+    )
+    n = student["sentences"]
+    store = array_store.resume(args.out, header)
+    if store is None:
+        store = array_store.create(args.out, header, {"logits": ((n, num_classes), "float32")}, units=n)
+    else:
+        logger.info(f"resuming {args.out}: {store.n_done} of {n} sentences already written")
+    _common.record_run(args.out, args)
+
+    task.load_dataset(args.split)
+    dataset = task.dataset(args.split)
+    itr = task.get_batch_iterator(
+        dataset=dataset,
+        max_sentences=args.batch_size,
+        max_positions=fairseq_utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+        ignore_invalid_inputs=False,
+        required_batch_size_multiple=1,
+        seed=1,
+        num_workers=0,
+    ).next_epoch_itr(shuffle=False)
+    done = np.asarray(store.done)
+    n_correct = n_labelled = 0
+    with torch.no_grad():
+        for sample in _common.progress(itr, total=len(itr), desc="teacher logits", unit="batch"):
+            ids = sample["id"].numpy()
+            if done[ids].all():
+                continue
+            sample = fairseq_utils.move_to_cuda(sample) if device.type == "cuda" else sample
+            logits, _ = model(
+                **sample["net_input"], features_only=True, classification_head_name=args.classification_head_name
+            )  # B x C
+            logits = logits.float().cpu()
+            store["logits"][ids] = logits.numpy()
+            store.mark_done(ids)
+            if "target" in sample:
+                target = sample["target"].view(-1).cpu()
+                labelled = target >= 0
+                n_labelled += int(labelled.sum())
+                n_correct += int((logits.argmax(-1).eq(target) & labelled).sum())
+    header = array_store.finish(store)
+    accuracy = f"{100.0 * n_correct / n_labelled:.2f}% on {n_labelled} labelled" if n_labelled else "n/a"
+    print(
+        f"dumped teacher logits: {n} sentences x {num_classes} classes of split {args.split!r} -> {args.out} "
+        f"(teacher accuracy {accuracy} sentences written in this run)"
+    )
+    return header
+
+
+def cli_main(argv=None) -> None:
+    _common.setup_logging()
+    args = get_parser().parse_args(argv)
+    try:
+        main(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fairseq-kd-dump-logits: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,245 @@
+"""``fairseq-kd-dump-soft-labels``: dump a C-MLM teacher's top-K logits for a split.
+
+Chen et al. (2020) mask each target position of a sentence once and record
+the teacher's distribution there. Pass p (of P = ``--passes``) masks slots
+p, p + P, p + 2P, ... so every slot, the final </s> slot included, is masked
+in exactly one pass; ``--passes 0`` masks one slot per pass (exact: each
+prediction sees all other target words). All passes of a batch run as the
+rows of one forward, and only masked slots go through the output layer.
+
+    fairseq-kd-dump-soft-labels DATA --path teacher/checkpoint_best.pt \\
+        --subset train --topk 8 --passes 7 --out soft_labels
+
+The output is a soft-label store (:mod:`fairseq_kd.data.soft_labels`) aligned
+with DATA's binarized target split, the one ``fairseq-train DATA --task
+translation_kd --soft-labels DIR`` reads. A killed run, rerun with the same
+arguments, resumes at the first batch not yet flagged done and produces the
+same store; ``header.json`` appears only when every sentence is written.
+
+(Testing hook: with FAIRSEQ_KD_DUMP_KILL_AFTER=N in the environment, the
+process SIGKILLs itself after N batches are flagged done, having written the
+data of batch N+1 but not its flag.)
+"""
+import argparse
+import logging
+import mmap
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ._common import progress, record_run, setup_logging
+
+logger = logging.getLogger("fairseq_kd.dump_soft_labels")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairseq-kd-dump-soft-labels",
+        description="Dump a conditional_mlm (BERT) teacher's top-K logits for every target token "
+        "of a binarized split into a memory-mapped soft-label store.",
+    )
+    parser.add_argument("data", help="fairseq data directory (binarized with --joined-dictionary), as the student uses it")
+    parser.add_argument("--path", required=True, help="teacher checkpoint trained with --task conditional_mlm")
+    parser.add_argument("--subset", default="train", help="split to dump (default: train)")
+    parser.add_argument("--topk", type=int, default=8, help="logits kept per target token (default: 8)")
+    parser.add_argument("--passes", type=int, default=7,
+                        help="masked copies per sentence: pass p masks slots p, p+P, ...; 0 = one slot "
+                             "per pass (exact, slowest) (default: 7)")
+    parser.add_argument("--out", required=True, help="output directory of the store")
+    parser.add_argument("--max-tokens", type=int, default=8192,
+                        help="tokens per forward, all masked copies counted, padding included (default: 8192)")
+    parser.add_argument("--source-lang", default=None, help="source language (default: inferred from DATA)")
+    parser.add_argument("--target-lang", default=None, help="target language (default: inferred from DATA)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="run the teacher in float16 (GPU)")
+    precision.add_argument("--bf16", action="store_true", help="run the teacher in bfloat16")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    return parser
+
+
+def load_teacher(path, data, source_lang=None, target_lang=None):
+    """(model, task) of a conditional_mlm checkpoint, its task reading ``data``."""
+    import fairseq_kd  # noqa: F401  (registers the task and model; safe checkpoint loading)
+    from fairseq import checkpoint_utils, tasks
+    from omegaconf import open_dict
+
+    from ..teacher import check_teacher_dictionary
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"data directory not found: {data}")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    cfg = state["cfg"]
+    if cfg.task._name != "conditional_mlm":
+        raise ValueError(f"{path} was trained with --task {cfg.task._name}, not conditional_mlm")
+    task_cfg = cfg.task.copy()
+    with open_dict(task_cfg):
+        task_cfg.data = data
+        if source_lang:
+            task_cfg.source_lang = source_lang
+        if target_lang:
+            task_cfg.target_lang = target_lang
+    task = tasks.setup_task(task_cfg)
+    check_teacher_dictionary(path, state, task.target_dictionary)
+    rows = state["model"]["output_projection.weight"].size(0)
+    if rows != len(task.target_dictionary):
+        raise ValueError(
+            f"{path}: teacher scores {rows} words, {data}'s target dictionary has {len(task.target_dictionary)}"
+        )
+    model = task.build_model(cfg.model)
+    model.load_state_dict(state["model"], strict=True)
+    model.eval().requires_grad_(False)
+    return model, task
+
+
+def make_batches(src_sizes, tgt_sizes, passes, max_tokens):
+    """Deterministic batches of sentence indices, sorted by length; a batch's
+    cost is its rows (all masked copies) times its longest [CLS] src tgt."""
+    from ..tasks.conditional_mlm import num_passes
+
+    src_sizes, tgt_sizes = np.asarray(src_sizes), np.asarray(tgt_sizes)
+    length = 1 + src_sizes + tgt_sizes
+    order = np.lexsort((np.arange(len(length)), length))  # by length, then index
+    batches, current, rows, longest = [], [], 0, 0
+    for i in order:
+        n = num_passes(int(tgt_sizes[i]), passes)
+        if current and (rows + n) * max(longest, int(length[i])) > max_tokens:
+            batches.append(np.array(current, dtype=np.int64))
+            current, rows, longest = [], 0, 0
+        current.append(int(i))
+        rows += n
+        longest = max(longest, int(length[i]))
+    if current:
+        batches.append(np.array(current, dtype=np.int64))
+    return batches
+
+
+@torch.no_grad()
+def teacher_topk(model, items, passes, topk, device, dtype):
+    """Top-K of the teacher at every target slot of ``items`` (dataset items),
+    each slot scored in the pass that masks it.
+
+    Returns (sentence, slot, ids N x K, logits N x K): N = all target tokens.
+    """
+    from fairseq.data import data_utils
+
+    from ..tasks.conditional_mlm import num_passes, pass_mask
+
+    pad = model.pad
+    src_rows, tgt_rows, mask_rows, row_sentence = [], [], [], []
+    for b, item in enumerate(items):
+        target = item["target"]
+        for p in range(num_passes(len(target), passes)):
+            mask = pass_mask(len(target), passes, p)
+            src_rows.append(item["source"])
+            tgt_rows.append(target.masked_fill(mask, model.mask_idx))
+            mask_rows.append(mask)
+            row_sentence.append(b)
+    src = data_utils.collate_tokens(src_rows, pad).to(device)
+    tgt = data_utils.collate_tokens(tgt_rows, pad).to(device)
+    positions = data_utils.collate_tokens([m.long() for m in mask_rows], 0).bool().to(device)  # R x T
+    logits = model(src, None, tgt, positions=positions)[0]  # N x V, row-major over positions
+    values, ids = logits.float().topk(topk, dim=-1)  # N x K, descending
+    rows, slots = positions.nonzero(as_tuple=True)
+    sentence = torch.tensor(row_sentence, device=device)[rows]
+    return sentence.cpu().numpy(), slots.cpu().numpy(), ids.int().cpu().numpy(), values.cpu().numpy()
+
+
+def _drop_pages(store) -> None:
+    """Let the kernel reclaim the written (already flushed) pages of the output
+    maps, so the process's resident memory does not grow with the split."""
+    for array in store.arrays.values():
+        m = getattr(array, "_mmap", None)
+        if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+def dump(args) -> dict:
+    from ..data import array_store, soft_labels
+
+    if args.topk <= 0:
+        raise ValueError(f"--topk must be > 0, got {args.topk}")
+    if args.passes < 0:
+        raise ValueError(f"--passes must be >= 0, got {args.passes}")
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if use_cuda else "cpu")
+    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
+    model, task = load_teacher(args.path, args.data, args.source_lang, args.target_lang)
+    model.to(device=device, dtype=dtype)
+    dictionary = task.target_dictionary
+    if args.topk > len(dictionary):
+        raise ValueError(f"--topk {args.topk} exceeds the dictionary size {len(dictionary)}")
+    dataset = task.load_pair_dataset(args.subset)
+    sizes = soft_labels.target_sizes(dataset)
+    too_long = np.nonzero(1 + dataset.src_sizes + sizes > model.max_total_positions)[0]
+    if len(too_long):
+        raise ValueError(
+            f"{len(too_long)} sentences of {args.subset} (e.g. index {too_long[0]}) are longer than the "
+            f"teacher's {model.max_total_positions} positions as [CLS] source target"
+        )
+    header = soft_labels.make_header(
+        args.subset, args.topk, args.passes, dictionary, sizes,
+        teacher_checksum=array_store.file_checksum(args.path),
+        teacher={"path": os.path.basename(args.path)},
+    )
+    store = soft_labels.create_or_resume(args.out, header, sizes)
+    resumed = store.n_done
+    if resumed:
+        logger.info(f"resuming {args.out}: {resumed} of {len(sizes)} sentences already written")
+    offsets = np.asarray(store["offsets"])
+    batches = make_batches(dataset.src_sizes, sizes, args.passes, args.max_tokens)
+    kill_after = int(os.environ.get("FAIRSEQ_KD_DUMP_KILL_AFTER", "-1"))
+    done_now, tokens_now, start = 0, 0, time.time()
+    for batch in progress(batches, total=len(batches), desc="dump", unit="batch"):
+        if store.done[batch].all():
+            continue
+        sentence, slot, ids, logits = teacher_topk(
+            model, [dataset[int(i)] for i in batch], args.passes, args.topk, device, dtype
+        )
+        rows = offsets[batch[sentence]] + slot  # store rows of these target tokens
+        store["ids"][rows] = ids
+        store["logits"][rows] = logits.astype(np.float16)
+        if done_now == kill_after:
+            for array in store.arrays.values():
+                array.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        store.mark_done(batch)
+        _drop_pages(store)
+        done_now += 1
+        tokens_now += len(rows)
+    elapsed = time.time() - start
+    header = array_store.finish(store)
+    record_run(args.out, args)
+    nbytes = sum(os.path.getsize(os.path.join(args.out, f"{n}.npy")) for n in header["arrays"])
+    return {
+        "sentences": header["sentences"],
+        "tokens": header["tokens"],
+        "resumed_sentences": resumed,
+        "tokens_per_second": tokens_now / elapsed if elapsed > 0 else float("inf"),
+        "bytes": nbytes,
+        "seconds": elapsed,
+    }
+
+
+def cli_main(argv=None) -> None:
+    setup_logging()
+    args = get_parser().parse_args(argv)
+    try:
+        summary = dump(args)
+    except (OSError, ValueError) as e:  # StoreError is a ValueError
+        print(f"fairseq-kd-dump-soft-labels: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(
+        f"dumped {args.subset}: {summary['sentences']} sentences, {summary['tokens']} tokens "
+        f"({summary['resumed_sentences']} sentences resumed), {summary['tokens_per_second']:.0f} tokens/s, "
+        f"{summary['bytes']} bytes ({summary['bytes'] / max(summary['tokens'], 1):.1f} B/token) -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,155 @@
+"""``--criterion d2gpo``: the data-dependent Gaussian prior objective.
+
+Li, Wang, Chen, Utiyama, Sumita, Zhang, Zhao (2020), Data-dependent Gaussian
+Prior Objective for Language Generation (ICLR).
+
+    loss = (1 - alpha) * LS-NLL(gold) + alpha * T^2 * KL
+    KL   = sum over non-pad target positions t (EOS included) of KL(q_t || p_t)
+    q_t  = softmax(w[y_t] / T) over the k candidates stored for the gold word y_t
+           (w[y](r) = N(r; 0, sigma^2) at similarity rank r, rank 0 = y itself)
+    p_t  = softmax(z_S / T_S), the student over the full vocabulary (T_S = 1 by default)
+
+What follows the paper's code (github.com/bcmi220/d2gpo,
+``d2gpo_label_smoothed_cross_entropy.py`` with ``--d2gpo-post-softmax`` and
+``generate_d2gpo_distribution.py --d2gpo_mode gaussian --d2gpo_gaussian_std 1
+--d2gpo_gaussian_offset 0``, as in its WMT'14 script): the stored weights are
+the normal density of the rank, used as logits divided by T (``postsoftmax``);
+rank 0 is the gold word itself; sigma = 1, alpha = 0.1, T = 2; the KL term is
+scaled by T^2 and summed over tokens with ``sample_size = ntokens``; the
+student enters the KL at temperature T_S = 1 (its log-probabilities are the
+ones of the NLL term, so the prior term costs no second softmax over V).
+``--d2gpo-student-temperature 2`` gives the student at T as in Hinton et
+al.'s KD (one more log-softmax over V per step).
+
+Where this differs: the softmax of q runs over the stored top-k candidates
+(``fairseq-kd-build-prior --topk``, default 256), not over all V words: the
+paper's dense rows give every word beyond the Gaussian's width a weight of
+about 0, i.e. a logit of 0, so its q spreads most of its mass uniformly over
+the whole vocabulary; with k = V the two are equal.
+
+The prior is a read-only table loaded from ``--d2gpo-prior`` (written by
+``fairseq-kd-build-prior``) and held as plain tensors, not buffers: it is
+never saved in a checkpoint. It is copied once to the training device.
+Works with ``--task translation`` and ``--task translation_kd``.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.logging import metrics
+
+from .. import losses
+from ..data import prior
+
+
+@dataclass
+class D2GPoCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    d2gpo_prior: Optional[str] = field(
+        default=None, metadata={"help": "directory of the prior store written by fairseq-kd-build-prior"}
+    )
+    d2gpo_alpha: float = field(
+        default=0.1, metadata={"help": "weight of the prior term: (1-alpha)*NLL + alpha*T^2*KL"}
+    )
+    d2gpo_temperature: float = field(
+        default=2.0, metadata={"help": "temperature T of the prior q = softmax(weights / T) and the T^2 factor"}
+    )
+    d2gpo_student_temperature: float = field(
+        default=1.0,
+        metadata={"help": "temperature of the student in the KL term: 1 as the paper's code (shares the "
+                  "NLL term's log-softmax); set it to --d2gpo-temperature for Hinton-style KD"},
+    )
+    d2gpo_topk: int = field(
+        default=0, metadata={"help": "use the first k stored candidates of each word; 0 = all of them"}
+    )
+
+
+@register_criterion("d2gpo", dataclass=D2GPoCriterionConfig)
+class D2GPoCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        d2gpo_prior=None,
+        d2gpo_alpha=0.1,
+        d2gpo_temperature=2.0,
+        d2gpo_student_temperature=1.0,
+        d2gpo_topk=0,
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        if not d2gpo_prior:
+            raise ValueError("--criterion d2gpo needs --d2gpo-prior DIR (written by fairseq-kd-build-prior)")
+        if not 0.0 <= d2gpo_alpha <= 1.0:
+            raise ValueError(f"--d2gpo-alpha must be in [0, 1], got {d2gpo_alpha}")
+        if d2gpo_temperature <= 0 or d2gpo_student_temperature <= 0:
+            raise ValueError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
+        # Raises StoreError naming the store when it was built for another dictionary.
+        self.prior = prior.load(d2gpo_prior, task.target_dictionary)
+        self.alpha = d2gpo_alpha
+        self.temperature = d2gpo_temperature
+        self.student_temperature = d2gpo_student_temperature
+        self.topk = d2gpo_topk
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)  # B*T x V, B*T
+        loss, nll_loss = label_smoothed_nll_loss(
+            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
+        )
+        kl = self.compute_prior_kl(lprobs, net_output, target)
+        loss = losses.interpolate(loss, self.temperature**2 * kl, self.alpha)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "d2gpo_kl": kl.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    def compute_prior_kl(self, lprobs, net_output, target):
+        """Summed KL(q_t || p_t) over the non-pad positions (unweighted by alpha and T^2).
+
+        ``lprobs`` (B*T x V) and ``target`` (B*T) are the NLL term's; every row is
+        computed (a pad row looks up the pad's one-candidate prior) and pad rows are
+        zeroed, which is cheaper than copying the non-pad rows of a B*T x V tensor.
+        """
+        if self.student_temperature == 1.0:
+            lprobs_S = lprobs
+        else:
+            logits_S = net_output[0][:, self.ignore_prefix_size:]  # B x T x V
+            lprobs_S = F.log_softmax(logits_S.float() / self.student_temperature, dim=-1)
+            lprobs_S = lprobs_S.reshape(-1, lprobs_S.size(-1))
+        ids, weights = self.prior.lookup(target)  # B*T x k each
+        probs_T, ids_T = losses.topk_soft_targets(ids, weights, self.temperature, self.topk)
+        kl = losses.kd_kl_divergence(lprobs_S, probs_T, ids_T)  # B*T
+        return kl.masked_fill(target.eq(self.padding_idx), 0.0).sum()
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
+        kl = sum(log.get("d2gpo_kl", 0) for log in logging_outputs)
+        if ntokens > 0:
+            # per token, in base 2 like nll_loss; unweighted by alpha and T^2
+            metrics.log_scalar("d2gpo_kl", kl / ntokens / math.log(2), ntokens, round=3)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,121 @@
+"""``--criterion logit_mse``: distilling a classifier's logits (Tang et al. 2019).
+
+Tang, Lu, Liu, Mou, Vechtomova, Lin (2019), Distilling Task-Specific Knowledge
+from BERT into Simple Neural Networks, eq. 2:
+
+    loss_n = alpha * CE(z_S,n, y_n) + (1 - alpha) * ||z_T,n - z_S,n||_2^2
+    loss_n = ||z_T,n - z_S,n||_2^2            when example n has no gold label (y_n = -1)
+
+summed over the batch, ``sample_size`` = number of examples. alpha = 0 (the
+default) is the paper's BiLSTM_SOFT; alpha = 1 is plain cross-entropy.
+Teacher logits come from the task (``--task sentence_prediction_kd
+--teacher-logits DIR``) as ``sample["teacher_logits"]``; a batch without them
+(validation) is scored on the cross-entropy of its gold labels alone.
+
+Logged per example, in nats (not base 2: the MSE is not a log-likelihood):
+``loss``; ``ce_loss`` over labelled examples; ``mse_loss`` over examples with
+teacher logits; ``accuracy`` over labelled examples; ``teacher_agree``, the
+percentage of examples whose student argmax is the teacher's.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+
+from .. import losses
+
+
+@dataclass
+class LogitMSECriterionConfig(FairseqDataclass):
+    classification_head_name: str = field(
+        default="sentence_classification_head",
+        metadata={"help": "name of the model's classification head (as sentence_prediction)"},
+    )
+    regression_target: bool = field(
+        default=False,
+        metadata={"help": "must stay False: logit_mse is for classification (read by the task)"},
+    )
+    ce_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "alpha in alpha*CE(gold) + (1-alpha)*||z_T - z_S||^2 (Tang et al. 2019); "
+            "0 = BiLSTM_SOFT, 1 = plain cross-entropy; unlabelled examples use the MSE only"
+        },
+    )
+
+
+@register_criterion("logit_mse", dataclass=LogitMSECriterionConfig)
+class LogitMSECriterion(FairseqCriterion):
+    def __init__(self, task, classification_head_name="sentence_classification_head", regression_target=False,
+                 ce_alpha=0.0):
+        super().__init__(task)
+        if regression_target:
+            raise ValueError("--criterion logit_mse is for classification; drop --regression-target")
+        if not 0.0 <= ce_alpha <= 1.0:
+            raise ValueError(f"--ce-alpha must be in [0, 1], got {ce_alpha}")
+        self.classification_head_name = classification_head_name
+        self.ce_alpha = ce_alpha
+
+    def forward(self, model, sample, reduce=True):
+        logits_S, _ = model(
+            **sample["net_input"], features_only=True, classification_head_name=self.classification_head_name
+        )  # B x C
+        B = logits_S.size(0)
+        target = sample.get("target")
+        target = target.view(-1) if target is not None else logits_S.new_full((B,), -1, dtype=torch.long)
+        labelled = target >= 0
+        logits_T = sample.get("teacher_logits")  # B x C or None
+        if logits_T is None:
+            if model.training and self.ce_alpha < 1.0:
+                raise ValueError(
+                    "training batch without teacher logits: pass --teacher-logits DIR for the "
+                    "training split (--task sentence_prediction_kd), or use --ce-alpha 1"
+                )
+            if not bool(labelled.all()):
+                raise ValueError(f"{int((~labelled).sum())} examples have neither a gold label nor teacher logits")
+            ce = F.cross_entropy(logits_S.float(), target, reduction="none")  # B
+            loss, mse = ce, None
+        else:
+            if logits_T.shape != logits_S.shape:
+                raise ValueError(f"teacher logits are {tuple(logits_T.shape)}, student logits {tuple(logits_S.shape)}")
+            loss, ce, mse = losses.logit_mse_objective(logits_S, logits_T.to(logits_S.device), target, self.ce_alpha)
+        loss = loss.sum() if reduce else loss
+        preds = logits_S.argmax(-1)
+        logging_output = {
+            "loss": loss.data,
+            "ce_loss": ce.sum().data,
+            "nlabelled": int(labelled.sum()),
+            "ncorrect": int((preds.eq(target) & labelled).sum()),
+            "ntokens": sample["ntokens"],
+            "nsentences": B,
+            "sample_size": B,
+        }
+        if mse is not None:
+            logging_output["mse_loss"] = mse.sum().data
+            logging_output["nteacher"] = B
+            logging_output["teacher_agree"] = int(preds.eq(logits_T.argmax(-1).to(preds.device)).sum())
+        return loss, B, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = total("sample_size")
+        if sample_size:
+            metrics.log_scalar("loss", total("loss") / sample_size, sample_size, round=4)
+        nlabelled = total("nlabelled")
+        if nlabelled:
+            metrics.log_scalar("ce_loss", total("ce_loss") / nlabelled, nlabelled, round=4)
+            metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / nlabelled, nlabelled, round=2)
+        nteacher = total("nteacher")
+        if nteacher:
+            metrics.log_scalar("mse_loss", total("mse_loss") / nteacher, nteacher, round=4)
+            metrics.log_scalar("teacher_agree", 100.0 * total("teacher_agree") / nteacher, nteacher, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,127 @@
+"""``--criterion seq_kd``: train on the gold target and the teacher's output of the same source.
+
+Kim & Rush (2016), Sequence-Level Knowledge Distillation: sequence-level KD
+trains on the teacher's beam output; interpolating with the gold data gives
+
+    loss = (1 - alpha) * LS-NLL(y_gold | x) + alpha * LS-NLL(y_teacher | x)
+
+where each term is fairseq's label-smoothed NLL (``--label-smoothing``),
+summed over the non-pad target tokens of its own sequence (EOS included), and
+``sample_size`` = the gold ``ntokens`` (fairseq's autoregressive convention).
+alpha = 0 is exactly ``label_smoothed_cross_entropy``; alpha = 1 is plain
+sequence-level KD (the same as training on the distilled corpus alone, up to
+the normalization by gold tokens).
+
+The teacher's outputs come from the task: ``--task translation_kd
+--distilled-data DIR`` with DIR written by ``fairseq-kd-distill-corpus``; each
+batch then carries ``sample["distilled"]`` (target and prev_output_tokens in
+the batch's own order). The model runs twice per batch: once teacher-forced on
+the gold prefix, once on the distilled prefix, with the same encoder input.
+A term whose weight is 0 is computed without gradients, for its log only. A
+batch without distilled targets (a split with no distilled counterpart) is
+scored on the gold term alone.
+
+Logged per token, unweighted, in base 2: ``loss``, ``nll_loss`` (gold, as
+fairseq), ``distilled_loss`` and ``distilled_nll_loss`` (per distilled token).
+"""
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from fairseq.logging import metrics
+
+from .. import losses
+
+
+@dataclass
+class SeqKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    kd_alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of the distilled term: (1-alpha)*NLL(gold) + alpha*NLL(distilled); "
+            "0 = gold only, 1 = plain sequence-level KD"
+        },
+    )
+
+
+@register_criterion("seq_kd", dataclass=SeqKDCriterionConfig)
+class SeqKDCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        kd_alpha=0.5,
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        if not 0.0 <= kd_alpha <= 1.0:
+            raise ValueError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        if kd_alpha > 0 and not getattr(getattr(task, "cfg", None), "distilled_data", None):
+            raise ValueError(
+                "--criterion seq_kd needs the teacher's outputs: --task translation_kd "
+                "--distilled-data DIR (written by fairseq-kd-distill-corpus)"
+            )
+        self.kd_alpha = kd_alpha
+
+    def forward(self, model, sample, reduce=True):
+        has_distilled = "distilled" in sample
+        gold_grad = not has_distilled or self.kd_alpha < 1.0
+        with _grad(gold_grad):
+            net_output = model(**sample["net_input"])
+            loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if has_distilled:
+            distilled = sample["distilled"]
+            net_input_D = dict(sample["net_input"], prev_output_tokens=distilled["prev_output_tokens"])
+            with _grad(self.kd_alpha > 0.0):
+                net_output_D = model(**net_input_D)
+                loss_D, nll_loss_D = self.compute_loss(
+                    model, net_output_D, {"target": distilled["target"]}, reduce=reduce
+                )
+            loss = losses.interpolate(loss, loss_D, self.kd_alpha)
+            logging_output.update(
+                loss=loss.data,
+                distilled_loss=loss_D.data,
+                distilled_nll_loss=nll_loss_D.data,
+                distilled_ntokens=distilled["ntokens"],
+            )
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        ntokens = sum(log.get("distilled_ntokens", 0) for log in logging_outputs)
+        if ntokens == 0:
+            return
+        for key in ("distilled_loss", "distilled_nll_loss"):
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / ntokens / math.log(2), ntokens, round=3)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+def _grad(enabled: bool):
+    """No gradients for a term whose weight is 0 (it is computed for its log only)."""
+    return contextlib.nullcontext() if enabled else torch.no_grad()

@@ -1,0 +1,201 @@
+"""Reading (and, for tests, writing) Hugging Face BERT checkpoints without ``transformers``.
+
+A checkpoint is a directory with ``config.json``, ``vocab.txt`` (one WordPiece
+a line; the line number is the id) and ``model.safetensors`` or
+``pytorch_model.bin``. Weights may be a bare ``BertModel`` (``embeddings.*``,
+``encoder.*``) or a ``BertForMaskedLM`` / ``BertForPreTraining`` (the same
+under ``bert.`` plus the masked-LM head ``cls.predictions.*``). Every error
+names the file at fault.
+"""
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+CONFIG, VOCAB = "config.json", "vocab.txt"
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# The BertConfig fields the teacher uses, with BERT's defaults for optional ones.
+CONFIG_FIELDS = {
+    "hidden_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "intermediate_size": None,
+    "vocab_size": None,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class BertCheckpointError(ValueError):
+    """A BERT checkpoint directory is missing a file or holds a malformed one."""
+
+
+def _file(path: str, name: str) -> str:
+    if not os.path.isdir(path):
+        raise BertCheckpointError(f"--bert-path {path} is not a directory")
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        raise BertCheckpointError(f"{file} not found (a BERT checkpoint needs {CONFIG}, {VOCAB} and weights)")
+    return file
+
+
+def read_config(path: str) -> Dict:
+    """The BertConfig fields of ``path/config.json`` the teacher needs."""
+    file = _file(path, CONFIG)
+    try:
+        with open(file) as f:
+            raw = json.load(f)
+    except ValueError as e:
+        raise BertCheckpointError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise BertCheckpointError(f"{file} must hold a JSON object")
+    config = {}
+    for key, default in CONFIG_FIELDS.items():
+        value = raw.get(key, default)
+        if value is None:
+            raise BertCheckpointError(f"{file} has no {key!r}")
+        config[key] = value
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if not isinstance(config[key], int) or config[key] <= 0:
+            raise BertCheckpointError(f"{file}: {key} must be a positive integer, got {config[key]!r}")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise BertCheckpointError(f"{file}: hidden_size is not a multiple of num_attention_heads")
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise BertCheckpointError(f"{file}: only absolute position embeddings are supported")
+    return config
+
+
+def read_vocab(path: str) -> List[str]:
+    """WordPiece vocabulary of ``path/vocab.txt``, in id order."""
+    file = _file(path, VOCAB)
+    with open(file, encoding="utf-8") as f:
+        pieces = [line.rstrip("\n").rstrip("\r") for line in f]
+    while pieces and pieces[-1] == "":
+        pieces.pop()
+    missing = [s for s in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if s not in pieces]
+    if not pieces or missing:
+        raise BertCheckpointError(f"{file} is not a BERT vocabulary (missing {', '.join(missing) or 'pieces'})")
+    return pieces
+
+
+def weights_file(path: str) -> str:
+    if not os.path.isdir(path):
+        raise BertCheckpointError(f"--bert-path {path} is not a directory")
+    for name in WEIGHTS:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise BertCheckpointError(f"{path} has no weights: expected {' or '.join(WEIGHTS)}")
+
+
+def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]], str]:
+    """``(encoder, head, file)``: the encoder's tensors under BertModel names
+    (``embeddings.*``, ``encoder.*``), the masked-LM head's under
+    ``transform.*`` / ``bias`` (None when the checkpoint has none)."""
+    file = weights_file(path)
+    try:
+        if file.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(file)
+        else:
+            with open(file, "rb") as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise various types on corrupt files
+        raise BertCheckpointError(f"{file} could not be read: {e}") from e
+    if not isinstance(state, dict):
+        raise BertCheckpointError(f"{file} does not hold a state dict")
+    encoder, head = {}, {}
+    for key, value in state.items():
+        # Old TF-converted checkpoints call LayerNorm parameters gamma/beta.
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if key.startswith("bert."):
+            key = key[len("bert."):]
+        if key.startswith(("embeddings.", "encoder.")):
+            encoder[key] = value
+        elif key.startswith("cls.predictions.transform."):
+            head[key[len("cls.predictions."):]] = value
+        elif key == "cls.predictions.bias":
+            head["bias"] = value
+    if "embeddings.word_embeddings.weight" not in encoder:
+        raise BertCheckpointError(f"{file} has no embeddings.word_embeddings.weight: not a BERT checkpoint")
+    return encoder, (head or None), file
+
+
+def write_checkpoint(
+    path: str,
+    words: List[str],
+    hidden_size: int = 16,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    intermediate_size: int = 32,
+    max_position_embeddings: int = 64,
+    with_head: bool = True,
+    safetensors: bool = True,
+    seed: int = 0,
+) -> str:
+    """Write a random BERT checkpoint in the Hugging Face format (tests, demos).
+
+    The vocabulary is BERT's specials followed by ``words``. With ``with_head``
+    the weights are a ``BertForMaskedLM`` (``bert.`` prefix, ``cls.predictions``),
+    else a bare ``BertModel``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    vocab = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+    H, I = hidden_size, intermediate_size
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    state = {
+        "embeddings.word_embeddings.weight": randn(len(vocab), H),
+        "embeddings.position_embeddings.weight": randn(max_position_embeddings, H),
+        "embeddings.token_type_embeddings.weight": randn(2, H),
+        "embeddings.LayerNorm.weight": 1 + randn(H) * 0.1,
+        "embeddings.LayerNorm.bias": randn(H) * 0.1,
+    }
+    for i in range(num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        for name, (rows, cols) in {
+            "attention.self.query": (H, H), "attention.self.key": (H, H), "attention.self.value": (H, H),
+            "attention.output.dense": (H, H), "intermediate.dense": (I, H), "output.dense": (H, I),
+        }.items():
+            state[p + name + ".weight"] = randn(rows, cols)
+            state[p + name + ".bias"] = randn(rows) * 0.1
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            state[p + name + ".weight"] = 1 + randn(H) * 0.1
+            state[p + name + ".bias"] = randn(H) * 0.1
+    if with_head:
+        state = {"bert." + k: v for k, v in state.items()}
+        state.update({
+            "cls.predictions.transform.dense.weight": randn(H, H),
+            "cls.predictions.transform.dense.bias": randn(H) * 0.1,
+            "cls.predictions.transform.LayerNorm.weight": 1 + randn(H) * 0.1,
+            "cls.predictions.transform.LayerNorm.bias": randn(H) * 0.1,
+            "cls.predictions.bias": randn(len(vocab)) * 0.1,
+        })
+    os.makedirs(path, exist_ok=True)
+    config = {
+        "architectures": ["BertForMaskedLM" if with_head else "BertModel"], "model_type": "bert",
+        "hidden_size": H, "num_hidden_layers": num_hidden_layers, "num_attention_heads": num_attention_heads,
+        "intermediate_size": I, "vocab_size": len(vocab), "max_position_embeddings": max_position_embeddings,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "pad_token_id": 0,
+    }
+    with open(os.path.join(path, CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(path, VOCAB), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    state = {k: v.contiguous() for k, v in state.items()}
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(state, os.path.join(path, WEIGHTS[0]))
+    else:
+        torch.save(state, os.path.join(path, WEIGHTS[1]))
+    return path

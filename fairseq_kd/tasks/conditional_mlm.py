@@ -1,0 +1,135 @@
+"""``--task conditional_mlm``: fine-tune BERT as a Conditional Masked LM teacher.
+
+Chen et al. (2020), Distilling Knowledge Learned in BERT for Text Generation,
+section 3.1: on parallel data, the input is ``[CLS] x [SEP] y [SEP]`` (segment
+ids 0 / 1) and only target slots are masked, so the model learns
+p(y_t | x, y_{\\t}) from the source and both sides of the target:
+
+    L = - sum over masked target slots t of log p(y_t | x, y_masked)
+
+Each target slot (the final one included, which learns </s>) is masked with
+probability ``--mask-prob`` and always replaced by [MASK]; a sentence with no
+masked slot is redrawn. Masks are a deterministic function of (seed, epoch,
+sentence index). A batch's ``target`` holds the gold word at masked slots and
+<pad> elsewhere, and ``ntokens`` counts masked slots, so fairseq's stock
+``label_smoothed_cross_entropy --report-accuracy`` gives the masked-token loss
+and accuracy:
+
+    fairseq-train DATA --user-dir fairseq_kd --task conditional_mlm \\
+        --arch bert_teacher_base --bert-path DIR \\
+        --criterion label_smoothed_cross_entropy --label-smoothing 0 --report-accuracy ...
+
+DATA is WordPiece text (``fairseq-kd-bert-tokenize``) binarized with
+``fairseq-preprocess --joined-dictionary``; the student trains on the same DATA.
+"""
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConditionalMLMConfig(TranslationConfig):
+    mask_prob: float = field(
+        default=0.15, metadata={"help": "probability of masking each target slot (the final </s> slot included)"}
+    )
+    seed: int = II("common.seed")
+
+
+def draw_mask(length: int, mask_prob: float) -> np.ndarray:
+    """``length`` booleans, each True with probability ``mask_prob``; redrawn
+    until at least one is True (uses numpy's global generator: call it inside
+    ``data_utils.numpy_seed``)."""
+    while True:
+        mask = np.random.rand(length) < mask_prob
+        if mask.any():
+            return mask
+
+
+def pass_mask(length: int, passes: int, p: int) -> torch.Tensor:
+    """Slots masked at pass ``p`` of a sentence of ``length`` target tokens:
+    p, p + P, p + 2P, ... with P = ``passes`` (P = 0: one slot per pass, P = length)."""
+    period = length if passes <= 0 else passes
+    return torch.arange(length) % period == p
+
+
+def num_passes(length: int, passes: int) -> int:
+    """Passes that mask something: min(P, length), or length when P = 0."""
+    return length if passes <= 0 else min(passes, length)
+
+
+class ConditionalMaskedDataset(BaseWrapperDataset):
+    """Wraps a LanguagePairDataset; batches become C-MLM inputs and targets."""
+
+    def __init__(self, dataset, mask_idx: int, mask_prob: float, seed: int):
+        super().__init__(dataset)
+        self.mask_idx, self.mask_prob, self.seed = mask_idx, mask_prob, seed
+        self.epoch = 1
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        return True  # masks are drawn in __getitem__, per epoch
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        with data_utils.numpy_seed(self.seed, self.epoch, index):
+            item["cmlm_mask"] = torch.from_numpy(draw_mask(len(item["target"]), self.mask_prob))
+        return item
+
+    def collater(self, samples, pad_to_length=None):
+        batch = self.dataset.collater(samples, pad_to_length=pad_to_length)
+        if len(samples) == 0 or "id" not in batch:
+            return batch
+        by_id = {s["id"]: s for s in samples}
+        target = batch["target"]  # B x T, right-padded, in the collater's order
+        mask = torch.zeros_like(target, dtype=torch.bool)
+        for b, i in enumerate(batch["id"].tolist()):
+            m = by_id[i]["cmlm_mask"]
+            mask[b, : len(m)] = m
+        pad = self.dataset.tgt_dict.pad()
+        batch["net_input"] = {
+            "src_tokens": batch["net_input"]["src_tokens"],
+            "src_lengths": batch["net_input"]["src_lengths"],
+            "tgt_tokens": target.masked_fill(mask, self.mask_idx),
+        }
+        batch["target"] = target.masked_fill(~mask, pad)  # loss on masked slots only
+        batch["ntokens"] = int(mask.sum())
+        return batch
+
+
+@register_task("conditional_mlm", dataclass=ConditionalMLMConfig)
+class ConditionalMLMTask(TranslationTask):
+    cfg: ConditionalMLMConfig
+
+    def __init__(self, cfg: ConditionalMLMConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        if list(src_dict.symbols) != list(tgt_dict.symbols):
+            raise ValueError(
+                "--task conditional_mlm needs one dictionary for source and target: "
+                "binarize with fairseq-preprocess --joined-dictionary"
+            )
+        if not 0.0 < cfg.mask_prob <= 1.0:
+            raise ValueError(f"--mask-prob must be in (0, 1], got {cfg.mask_prob}")
+        self.mask_idx = len(tgt_dict)  # [MASK]: one past the dictionary (see bert_teacher)
+
+    def load_pair_dataset(self, split, epoch=1, combine=True):
+        """The plain LanguagePairDataset of ``split`` (what the student reads)."""
+        super().load_dataset(split, epoch=epoch, combine=combine)
+        return self.datasets[split]
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        self.datasets[split] = ConditionalMaskedDataset(
+            self.datasets[split], self.mask_idx, self.cfg.mask_prob, self.cfg.seed
+        )
