@@ -33,3 +33,13 @@ def tiny_teacher2(tiny_data, tmp_path_factory):
     save = tmp_path_factory.mktemp("teacher2")
     utils.train(tiny_data, str(save), max_update=60, extra=["--seed", "7"])
     return str(save / "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT fine-tuned 25 updates as a C-MLM teacher on a 120-sentence
+    copy task: {"bin": data directory, "bert": BERT folder, "teacher": checkpoint}."""
+    root = tmp_path_factory.mktemp("bert")
+    bert_dir, data_bin = utils.make_bert_task(str(root), n_train=120)
+    utils.train_bert_teacher(data_bin, bert_dir, str(root / "teacher"), max_update=25)
+    return {"bin": data_bin, "bert": bert_dir, "teacher": str(root / "teacher" / "checkpoint_last.pt")}

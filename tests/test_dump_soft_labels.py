@@ -19,11 +19,8 @@ K = 5
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dump")
-    bert_dir, data_bin = utils.make_bert_task(str(root), n_train=120)
-    utils.train_bert_teacher(data_bin, bert_dir, str(root / "teacher"), max_update=25)
-    return root, data_bin, str(root / "teacher" / "checkpoint_last.pt")
+def setup(tiny_bert, tmp_path_factory):
+    return tmp_path_factory.mktemp("dump"), tiny_bert["bin"], tiny_bert["teacher"]
 
 
 def dump(data_bin, teacher, out, passes, extra=(), env=None, check=True):

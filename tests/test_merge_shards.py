@@ -1,13 +1,15 @@
-"""fairseq-kd-merge-shards: sharded offline stages merge into what one process writes,
-and a missing, overlapping or foreign part is a named error that writes nothing."""
+"""fairseq-kd-merge-shards: sharded offline stages (fairseq-kd-distill-corpus,
+fairseq-kd-dump-soft-labels) merge into what one process writes, and a missing,
+overlapping or foreign part is a named error that writes nothing."""
 import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 import utils
-from fairseq_kd.cli import distill_corpus, merge_shards
+from fairseq_kd.cli import distill_corpus, dump_soft_labels, merge_shards
 from fairseq_kd.data import shards
 
 TIMING = ("sentences_per_second", "decode_seconds")
@@ -169,3 +171,207 @@ def test_check_parts_golden_messages():
     assert "part-00001-of-00003 [3, 10) overlaps part-00000-of-00002" in message
     with pytest.raises(ValueError, match="no parts found"):
         shards.check_parts([], 10)
+
+
+# ------------------------------------------------------ soft-label stores
+ARRAYS = ("ids", "logits", "offsets")
+
+
+def _dump(bert, out, *extra, teacher=None):
+    """fairseq-kd-dump-soft-labels in this process (the same dump() the command runs).
+    ``--max-tokens 1``: one sentence a forward, so a sentence's logits do not depend
+    on which sentences share its batch and shards must equal one process exactly."""
+    args = dump_soft_labels.get_parser().parse_args(
+        [bert["bin"], "--path", teacher or bert["teacher"], "--out", str(out), "--cpu", "--topk", "4",
+         "--passes", "3", "--max-tokens", "1", *extra])
+    return dump_soft_labels.dump(args)
+
+
+def _arrays(path):
+    return {name: np.load(os.path.join(path, f"{name}.npy")) for name in ARRAYS}
+
+
+def _header(path):
+    return json.load(open(os.path.join(path, "header.json")))
+
+
+@pytest.fixture(scope="module")
+def store_runs(tiny_bert, tmp_path_factory):
+    """The 120-sentence train split dumped by one process, and by 3 shards one after another."""
+    root = tmp_path_factory.mktemp("store_shards")
+    _dump(tiny_bert, root / "one")
+    for i in range(3):
+        _dump(tiny_bert, root / "three", "--num-shards", "3", "--shard-id", str(i))
+    return root
+
+
+def _split_sizes(bert):
+    from fairseq.data import data_utils
+
+    sizes = []
+    for lang in ("src", "tgt"):
+        dataset = data_utils.load_indexed_dataset(os.path.join(bert["bin"], f"train.src-tgt.{lang}"), None)
+        sizes.append(dataset.sizes.copy())  # copied while the dataset (its memory map) is alive
+    return sizes[0] + sizes[1], sizes[1]
+
+
+def test_store_shards_merged_equal_one_process(store_runs, tiny_bert):
+    from fairseq_kd.data.array_store import StoreError
+    from fairseq_kd.data.soft_labels import SoftLabelStore
+
+    one, parts = store_runs / "one", store_runs / "three.parts"
+    names = sorted(os.listdir(parts))
+    assert names == [f"part-0000{i}-of-00003" for i in range(3)]  # no work folder left
+    headers = [_header(parts / n) for n in names]
+    src_tgt, tgt = _split_sizes(tiny_bert)
+    assert [h["sentence_range"] for h in headers] == [list(shards.shard_range(src_tgt, 3, i)) for i in range(3)]
+    assert [(h["shard_id"], h["num_shards"]) for h in headers] == [(0, 3), (1, 3), (2, 3)]
+    bounds = np.concatenate([[0], np.cumsum(tgt)])
+    assert [h["token_range"] for h in headers] == [[int(bounds[a]), int(bounds[b])]
+                                                   for a, b in (h["sentence_range"] for h in headers)]
+    assert all(0 < b - a < 120 for a, b in (h["sentence_range"] for h in headers))
+    with pytest.raises(StoreError, match="holds part 1 of 3 of a sharded dump .* merge the parts first"):
+        SoftLabelStore(str(parts / names[1]))
+    assert not (store_runs / "three").exists()  # nothing merged before the merge
+
+    proc = utils.run([utils.command("fairseq-kd-merge-shards"), str(store_runs / "three")])
+    assert "merge-shards | 3 parts -> store of 120 sentences, 737 tokens" in proc.stdout
+    merged, single = _arrays(store_runs / "three"), _arrays(one)
+    for name in ARRAYS:
+        assert merged[name].dtype == single[name].dtype and np.array_equal(merged[name], single[name]), name
+    assert _header(store_runs / "three") == _header(one)  # num_shards 1, full ranges, same checksums
+    assert _header(one)["num_shards"] == 1 and _header(one)["sentence_range"] == [0, 120]
+    assert sorted(os.listdir(store_runs / "three")) == ["command.merge.json", "header.json", *sorted(
+        f"{n}.npy" for n in ARRAYS)]
+    assert sorted(os.listdir(parts)) == names  # parts kept by default
+    from fairseq_kd.cli.dump_soft_labels import load_teacher
+
+    _, task = load_teacher(tiny_bert["teacher"], tiny_bert["bin"])
+    SoftLabelStore(str(store_runs / "three")).check(task.load_pair_dataset("train"), task.target_dictionary)
+
+
+def test_store_shards_with_multi_sentence_batches_match_one_process(tiny_bert, tmp_path):
+    """With sentences batched together a shard's batches differ from one process's:
+    the same ids and offsets, logits within float rounding (see the command's docstring)."""
+    extra = ("--max-tokens", "300")
+    _dump(tiny_bert, tmp_path / "one", *extra)
+    for i in range(2):
+        _dump(tiny_bert, tmp_path / "two", "--num-shards", "2", "--shard-id", str(i), *extra)
+    merge_shards.merge(str(tmp_path / "two"), remove_parts=True)
+    merged, single = _arrays(tmp_path / "two"), _arrays(tmp_path / "one")
+    assert np.array_equal(merged["offsets"], single["offsets"]) and np.array_equal(merged["ids"], single["ids"])
+    np.testing.assert_allclose(merged["logits"].astype(np.float32), single["logits"].astype(np.float32),
+                               rtol=2e-3, atol=1e-3)
+    assert _header(tmp_path / "two") == _header(tmp_path / "one")
+    assert not (tmp_path / "two.parts").exists()  # --remove-parts
+
+
+def _store_parts_copy(src_parts, dst):
+    shutil.copytree(src_parts, dst / "out.parts")
+    return dst / "out"
+
+
+def _store_merge_fails(out, *messages):
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        merge_shards.cli_main([str(out)])
+    assert exit_.value.code == 2, err.getvalue()
+    for message in messages:
+        assert message in err.getvalue(), err.getvalue()
+    assert os.listdir(os.path.dirname(out)) == ["out.parts"]  # no OUT, no temporary folder
+    return err.getvalue()
+
+
+def test_store_missing_overlapping_and_foreign_parts_are_named_and_nothing_is_written(
+        store_runs, tiny_bert, tmp_path):
+    parts = store_runs / "three.parts"
+    start, end = _header(parts / "part-00001-of-00003")["sentence_range"]
+
+    missing = _store_parts_copy(parts, tmp_path / "missing")
+    shutil.rmtree(tmp_path / "missing" / "out.parts" / "part-00001-of-00003")
+    _store_merge_fails(missing, "missing part-00001-of-00003", f"sentences {start}..{end - 1} are in no part",
+                       "nothing written")
+
+    # Shard 1 of 2 overlaps shards 1 and 2 of 3.
+    overlap = _store_parts_copy(parts, tmp_path / "overlap")
+    _dump(tiny_bert, tmp_path / "two", "--num-shards", "2", "--shard-id", "1")
+    shutil.copytree(tmp_path / "two.parts" / "part-00001-of-00002",
+                    tmp_path / "overlap" / "out.parts" / "part-00001-of-00002")
+    _store_merge_fails(overlap, "part-00001-of-00002 [", "overlaps", "missing part-00000-of-00002",
+                       "parts of different --num-shards (2, 3) are mixed")
+
+    # Shard 1 dumped by another teacher: same range, other checkpoint hash.
+    other = tmp_path / "teacher2"
+    utils.train_bert_teacher(tiny_bert["bin"], tiny_bert["bert"], str(other), max_update=3)
+    foreign = _store_parts_copy(parts, tmp_path / "foreign")
+    _dump(tiny_bert, tmp_path / "other", "--num-shards", "3", "--shard-id", "1",
+          teacher=str(other / "checkpoint_last.pt"))
+    shutil.rmtree(tmp_path / "foreign" / "out.parts" / "part-00001-of-00003")
+    shutil.copytree(tmp_path / "other.parts" / "part-00001-of-00003",
+                    tmp_path / "foreign" / "out.parts" / "part-00001-of-00003")
+    err = _store_merge_fails(foreign, "part-00001-of-00003 was made with other settings", "teacher_checksum")
+    assert "part-00000" not in err and "part-00002" not in err
+
+    # Another K: named with the field.
+    other_k = _store_parts_copy(parts, tmp_path / "other_k")
+    _dump(tiny_bert, tmp_path / "k3", "--num-shards", "3", "--shard-id", "2", "--topk", "3")
+    shutil.rmtree(tmp_path / "other_k" / "out.parts" / "part-00002-of-00003")
+    shutil.copytree(tmp_path / "k3.parts" / "part-00002-of-00003", tmp_path / "other_k" / "out.parts" / "part-00002-of-00003")
+    _store_merge_fails(other_k, "part-00002-of-00003 was made with other settings than the other parts (topk: 3 vs 4)")
+
+
+def test_killed_store_shard_resumes_and_replaces_only_its_part(store_runs, tiny_bert, tmp_path):
+    out = _store_parts_copy(store_runs / "three.parts", tmp_path)
+    parts = tmp_path / "out.parts"
+    before = {p: os.stat(parts / p / "header.json").st_mtime_ns for p in os.listdir(parts)}
+    proc = utils.run([utils.command("fairseq-kd-dump-soft-labels"), tiny_bert["bin"], "--path", tiny_bert["teacher"],
+                      "--out", str(out), "--cpu", "--topk", "4", "--passes", "3", "--max-tokens", "1",
+                      "--num-shards", "3", "--shard-id", "2"], env={"FAIRSEQ_KD_DUMP_KILL_AFTER": "3"}, check=False)
+    assert proc.returncode == -9
+    work = parts / ".part-00002-of-00003.tmp"
+    assert np.load(work / "done.npy").sum() == 3  # 3 one-sentence batches flagged
+    assert os.stat(parts / "part-00002-of-00003" / "header.json").st_mtime_ns == before["part-00002-of-00003"]
+    summary = _dump(tiny_bert, out, "--num-shards", "3", "--shard-id", "2")
+    assert summary["resumed_sentences"] == 3 and summary["path"] == str(parts / "part-00002-of-00003")
+    after = {p: os.stat(parts / p / "header.json").st_mtime_ns for p in os.listdir(parts)}
+    assert sorted(after) == sorted(before)  # the work folder is gone
+    assert after["part-00000-of-00003"] == before["part-00000-of-00003"]
+    assert after["part-00001-of-00003"] == before["part-00001-of-00003"]
+    assert after["part-00002-of-00003"] != before["part-00002-of-00003"]
+    for name, array in _arrays(parts / "part-00002-of-00003").items():
+        assert np.array_equal(array, _arrays(store_runs / "three.parts" / "part-00002-of-00003")[name]), name
+    merge_shards.merge(str(out))
+    for name, array in _arrays(out).items():
+        assert np.array_equal(array, _arrays(store_runs / "one")[name]), name
+
+
+def test_store_shard_comes_from_torchrun_or_slurm_environment(store_runs, tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    env = _dump(tiny_bert, tmp_path / "env")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    slurm = _dump(tiny_bert, tmp_path / "slurm")
+    reference = store_runs / "three.parts" / "part-00001-of-00003"
+    for summary, out in ((env, "env"), (slurm, "slurm")):
+        assert (summary["num_shards"], summary["shard_id"]) == (3, 1)
+        part = tmp_path / f"{out}.parts" / "part-00001-of-00003"
+        assert _header(part) == _header(reference)
+        for name, array in _arrays(part).items():
+            assert np.array_equal(array, _arrays(reference)[name]), name
+    assert not (tmp_path / "env").exists() and not (tmp_path / "slurm").exists()
+
+
+def test_store_shard_options_are_documented_and_checked(tiny_bert, tmp_path):
+    help_text = dump_soft_labels.get_parser().format_help()
+    assert "--num-shards" in help_text and "--shard-id" in help_text and "WORLD_SIZE" in help_text
+    with pytest.raises(ValueError, match="--shard-id must be in"):
+        _dump(tiny_bert, tmp_path / "bad", "--num-shards", "3", "--shard-id", "3")
+    with pytest.raises(ValueError, match="go together"):
+        _dump(tiny_bert, tmp_path / "bad", "--num-shards", "3")

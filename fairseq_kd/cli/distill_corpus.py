@@ -346,17 +346,6 @@ def parts_dir(out: str, subset: str) -> str:
     return os.path.join(out, f"{subset}.parts")
 
 
-def replace_dir(tmp: str, final: str) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older one there (a rerun)."""
-    if os.path.exists(final):
-        old = f"{final}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def write_part(out: str, shard, start: int, end: int, settings: dict, chosen: dict, tgt_dict,
                meta: dict) -> str:
     """Write shard ``shard``'s part (sentences [start, end)) atomically; returns its folder.
@@ -365,7 +354,7 @@ def write_part(out: str, shard, start: int, end: int, settings: dict, chosen: di
     id order), ``<split>.<tgt>`` (their text) and ``meta.json`` (range, shard,
     the settings every part must share, and the per-sentence choices the merged
     summary needs)."""
-    from ..data.shards import part_name
+    from ..data.shards import part_name, replace_dir
 
     parent = parts_dir(out, settings["subset"])
     os.makedirs(parent, exist_ok=True)

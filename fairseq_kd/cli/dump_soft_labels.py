@@ -16,6 +16,25 @@ translation_kd --soft-labels DIR`` reads. A killed run, rerun with the same
 arguments, resumes at the first batch not yet flagged done and produces the
 same store; ``header.json`` appears only when every sentence is written.
 
+Sharding: with ``--num-shards N --shard-id I`` (or under ``torchrun`` /
+``srun``, from RANK / WORLD_SIZE or SLURM_PROCID / SLURM_NTASKS, the GPU from
+LOCAL_RANK / SLURM_LOCALID) a process dumps only shard I: a contiguous range of
+sentences balanced by source + target tokens (:mod:`fairseq_kd.data.shards`).
+It writes a finished store of that range, ``OUT.parts/part-0000I-of-0000N/``
+(its range and shard in ``header.json``), first in
+``OUT.parts/.part-0000I-of-0000N.tmp/``, where a killed shard resumes when
+rerun, then renamed into place (replacing an older part of that shard; the
+others are kept). ``fairseq-kd-merge-shards OUT`` checks that the parts cover
+the split exactly once with the same K, passes, dictionary, split and teacher,
+and writes the store OUT with the same header and arrays as one process.
+
+The merged arrays equal a single-process dump's exactly when the teacher's
+numbers do not depend on which sentences share a forward (e.g.
+``--max-tokens 1``: one sentence a forward). With larger batches a sentence
+meets other partners in a shard than in one process, and float rounding
+(padding length, matrix shapes) can move a logit by a float16 step; ids
+and offsets are unaffected unless two logits tie within that step.
+
 (Testing hook: with FAIRSEQ_KD_DUMP_KILL_AFTER=N in the environment, the
 process SIGKILLs itself after N batches are flagged done, having written the
 data of batch N+1 but not its flag.)
@@ -58,6 +77,13 @@ def get_parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp16", action="store_true", help="run the teacher in float16 (GPU)")
     precision.add_argument("--bf16", action="store_true", help="run the teacher in bfloat16")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="split the work into N contiguous shards balanced by source + target tokens; each "
+                             "writes a part under OUT.parts/ and fairseq-kd-merge-shards OUT joins them "
+                             "(default: WORLD_SIZE under torchrun, SLURM_NTASKS under srun, else 1)")
+    parser.add_argument("--shard-id", type=int, default=None,
+                        help="which shard this process dumps, 0..N-1 (default: RANK under torchrun, "
+                             "SLURM_PROCID under srun, else 0); the GPU is LOCAL_RANK / SLURM_LOCALID")
     return parser
 
 
@@ -160,14 +186,21 @@ def _drop_pages(store) -> None:
 
 
 def dump(args) -> dict:
+    """Run the command; returns its summary (for one shard of several, the part's)."""
     from ..data import array_store, soft_labels
+    from ..data.shards import shard_from_env, shard_range
 
     if args.topk <= 0:
         raise ValueError(f"--topk must be > 0, got {args.topk}")
     if args.passes < 0:
         raise ValueError(f"--passes must be >= 0, got {args.passes}")
+    shard = shard_from_env(getattr(args, "num_shards", None), getattr(args, "shard_id", None))
+    if shard.num_shards < 1 or not 0 <= shard.shard_id < shard.num_shards:
+        raise ValueError(f"--shard-id must be in [0, {shard.num_shards}), got {shard.shard_id}")
     use_cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(shard.local_rank % torch.cuda.device_count())  # one GPU per process of a node
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
     model, task = load_teacher(args.path, args.data, args.source_lang, args.target_lang)
     model.to(device=device, dtype=dtype)
@@ -176,7 +209,10 @@ def dump(args) -> dict:
         raise ValueError(f"--topk {args.topk} exceeds the dictionary size {len(dictionary)}")
     dataset = task.load_pair_dataset(args.subset)
     sizes = soft_labels.target_sizes(dataset)
-    too_long = np.nonzero(1 + dataset.src_sizes + sizes > model.max_total_positions)[0]
+    src_sizes = np.asarray(dataset.src_sizes, dtype=np.int64)
+    # Shards are balanced by source + target tokens: every masked copy reads both.
+    start, end = shard_range(src_sizes + sizes, shard.num_shards, shard.shard_id)
+    too_long = start + np.nonzero(1 + src_sizes[start:end] + sizes[start:end] > model.max_total_positions)[0]
     if len(too_long):
         raise ValueError(
             f"{len(too_long)} sentences of {args.subset} (e.g. index {too_long[0]}) are longer than the "
@@ -186,20 +222,28 @@ def dump(args) -> dict:
         args.subset, args.topk, args.passes, dictionary, sizes,
         teacher_checksum=array_store.file_checksum(args.path),
         teacher={"path": os.path.basename(args.path)},
+        num_shards=shard.num_shards, shard_id=shard.shard_id, sentence_range=(start, end),
     )
-    store = soft_labels.create_or_resume(args.out, header, sizes)
+    sharded = shard.num_shards > 1
+    path = soft_labels.part_work_path(args.out, *shard[:2]) if sharded else args.out
+    what = f"dump {args.subset}" + (f" shard {shard.shard_id}/{shard.num_shards}" if sharded else "")
+    if sharded:
+        logger.info(f"{what}: sentences [{start}, {end}) of {len(sizes)} -> {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    store = soft_labels.create_or_resume(path, header, sizes)
     resumed = store.n_done
     if resumed:
-        logger.info(f"resuming {args.out}: {resumed} of {len(sizes)} sentences already written")
-    offsets = np.asarray(store["offsets"])
-    batches = make_batches(dataset.src_sizes, sizes, args.passes, args.max_tokens)
+        logger.info(f"resuming {path}: {resumed} of {end - start} sentences already written")
+    offsets = np.asarray(store["offsets"])  # from 0 at sentence ``start``
+    # Batches of local indices j (sentence start + j), made from this range only.
+    batches = make_batches(src_sizes[start:end], sizes[start:end], args.passes, args.max_tokens)
     kill_after = int(os.environ.get("FAIRSEQ_KD_DUMP_KILL_AFTER", "-1"))
-    done_now, tokens_now, start = 0, 0, time.time()
-    for batch in progress(batches, total=len(batches), desc="dump", unit="batch"):
+    done_now, tokens_now, t0 = 0, 0, time.time()
+    for batch in progress(batches, total=len(batches), desc=what, unit="batch"):
         if store.done[batch].all():
             continue
         sentence, slot, ids, logits = teacher_topk(
-            model, [dataset[int(i)] for i in batch], args.passes, args.topk, device, dtype
+            model, [dataset[start + int(j)] for j in batch], args.passes, args.topk, device, dtype
         )
         rows = offsets[batch[sentence]] + slot  # store rows of these target tokens
         store["ids"][rows] = ids
@@ -212,17 +256,27 @@ def dump(args) -> dict:
         _drop_pages(store)
         done_now += 1
         tokens_now += len(rows)
-    elapsed = time.time() - start
+    elapsed = time.time() - t0
     header = array_store.finish(store)
-    record_run(args.out, args)
-    nbytes = sum(os.path.getsize(os.path.join(args.out, f"{n}.npy")) for n in header["arrays"])
+    record_run(path, args)
+    nbytes = sum(os.path.getsize(os.path.join(path, f"{n}.npy")) for n in header["arrays"])
+    if sharded:
+        final = soft_labels.part_path(args.out, *shard[:2])
+        soft_labels.publish_part(path, final)
+        path = final
+    first, last = header["token_range"]
     return {
         "sentences": header["sentences"],
         "tokens": header["tokens"],
+        "num_shards": shard.num_shards,
+        "shard_id": shard.shard_id,
+        "sentence_range": [start, end],
+        "part_tokens": last - first,
         "resumed_sentences": resumed,
         "tokens_per_second": tokens_now / elapsed if elapsed > 0 else float("inf"),
         "bytes": nbytes,
         "seconds": elapsed,
+        "path": path,
     }
 
 
@@ -234,6 +288,17 @@ def cli_main(argv=None) -> None:
     except (OSError, ValueError) as e:  # StoreError is a ValueError
         print(f"fairseq-kd-dump-soft-labels: error: {e}", file=sys.stderr)
         sys.exit(1)
+    if summary["num_shards"] > 1:
+        start, end = summary["sentence_range"]
+        tokens = summary["part_tokens"]
+        print(
+            f"dumped {args.subset} shard {summary['shard_id']} of {summary['num_shards']}: sentences "
+            f"[{start}, {end}) of {summary['sentences']}, {tokens} tokens "
+            f"({summary['resumed_sentences']} sentences resumed), {summary['tokens_per_second']:.0f} tokens/s, "
+            f"{summary['bytes']} bytes ({summary['bytes'] / max(tokens, 1):.1f} B/token) -> {summary['path']} "
+            f"(when all shards are done: fairseq-kd-merge-shards {args.out})"
+        )
+        return
     print(
         f"dumped {args.subset}: {summary['sentences']} sentences, {summary['tokens']} tokens "
         f"({summary['resumed_sentences']} sentences resumed), {summary['tokens_per_second']:.0f} tokens/s, "

@@ -41,7 +41,9 @@ def detect(out: str, subset: str) -> str:
 
 def store_parts_dir(out: str) -> str:
     """Where store shards write their parts: ``OUT.parts`` beside the store OUT."""
-    return os.path.normpath(out) + ".parts"
+    from ..data.soft_labels import parts_dir
+
+    return parts_dir(out)
 
 
 def merge(out: str, subset: str = "train", data: Optional[str] = None, remove_parts: bool = False) -> dict:

@@ -76,6 +76,20 @@ def part_name(shard: Shard) -> str:
     return f"part-{shard.shard_id:05d}-of-{shard.num_shards:05d}"
 
 
+def replace_dir(tmp: str, final: str) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing an older one there
+    (a rerun shard): the old part stays whole until the new one is in place."""
+    import shutil
+
+    if os.path.exists(final):
+        old = f"{final}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 def check_cover(ranges: Sequence[Tuple[str, int, int]], n_sentences: int) -> None:
     """Raise ValueError unless the (name, start, end) ranges cover [0, n) exactly once,
     naming the gaps and the overlapping parts."""

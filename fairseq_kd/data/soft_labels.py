@@ -19,12 +19,25 @@ The header records what the rows mean and what they belong to: ``topk``,
 ``passes``, ``split``, the dictionary's checksum and size, the split's
 sentence count, token count and sizes checksum, the teacher checkpoint's
 sha256, and the sentence range ``[first, last)`` / token range the store
-covers with ``num_shards`` / ``shard_id`` (a whole split today: shard 0 of 1;
-a sharded dump would write contiguous ranges and a merge would concatenate
-them). :meth:`SoftLabelStore.check` refuses a store that does not match the
-dataset and dictionary it is used with.
+covers with ``num_shards`` / ``shard_id``. :meth:`SoftLabelStore.check`
+refuses a store that does not match the dataset and dictionary it is used with.
+
+Shards. A dump run as N shards (``fairseq-kd-dump-soft-labels --num-shards N``)
+writes one *part* per shard, ``OUT.parts/part-0000I-of-0000N/``: a finished
+store of the same format holding only its contiguous sentence range (its
+``offsets`` start at 0), with the header fields of the whole split (sentences,
+tokens, sizes checksum) and its own ``sentence_range`` / ``token_range`` /
+``num_shards`` / ``shard_id``. A part is written in ``.part-...tmp/`` beside it
+(so a killed shard resumes there) and renamed into place when finished.
+:class:`SoftLabelStore` refuses to read a part; :func:`merge_store_parts`
+checks the parts cover the split exactly once with the same settings and
+concatenates them into the store one process writes.
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+import json
+import os
+import shutil
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -52,9 +65,20 @@ def make_header(
     sizes: Sequence[int],
     teacher_checksum: str,
     teacher: Optional[Dict[str, Any]] = None,
+    num_shards: int = 1,
+    shard_id: int = 0,
+    sentence_range: Optional[Tuple[int, int]] = None,
 ) -> Dict[str, Any]:
-    """The header of a store of the whole ``split`` (shard 0 of 1)."""
+    """The header of a store of ``split`` (``sizes``: all its target lengths).
+
+    By default the store holds the whole split (shard 0 of 1); a part of a
+    sharded dump holds ``sentence_range`` = [start, end) and records its shard.
+    """
     sizes = np.asarray(sizes, dtype=np.int64)
+    start, end = sentence_range if sentence_range is not None else (0, len(sizes))
+    if not 0 <= start <= end <= len(sizes):
+        raise ValueError(f"sentence range [{start}, {end}) is not within the {len(sizes)} sentences of {split}")
+    first_token = int(sizes[:start].sum())
     return {
         "kind": KIND,
         "version": VERSION,
@@ -69,37 +93,177 @@ def make_header(
         "teacher_checksum": teacher_checksum,
         "teacher": teacher or {},
         # Sharding: the [first, last) sentences and tokens of the split held here.
-        "num_shards": 1,
-        "shard_id": 0,
-        "sentence_range": [0, int(len(sizes))],
-        "token_range": [0, int(sizes.sum())],
+        "num_shards": int(num_shards),
+        "shard_id": int(shard_id),
+        "sentence_range": [int(start), int(end)],
+        "token_range": [first_token, first_token + int(sizes[start:end].sum())],
+    }
+
+
+def _arrays(tokens: int, sentences: int, topk: int) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+    """The arrays of a store of ``sentences`` sentences, ``tokens`` target tokens."""
+    return {
+        "ids": ((tokens, topk), "int32"),
+        "logits": ((tokens, topk), "float16"),
+        "offsets": ((sentences + 1,), "int64"),
     }
 
 
 def create_or_resume(path: str, header: Dict[str, Any], sizes: Sequence[int]) -> array_store.PendingStore:
     """Open the unfinished store at ``path`` written with ``header``, or allocate one.
 
-    Work units are sentences. ``offsets`` is written at creation.
+    ``sizes`` are the target lengths of the whole split; the store holds the
+    header's ``sentence_range`` of them. Work units are those sentences (unit
+    j = sentence start + j). ``offsets`` is written at creation, from 0.
     """
     store = array_store.resume(path, header)
     if store is not None:
         return store
-    sizes = np.asarray(sizes, dtype=np.int64)
-    tokens, K = int(sizes.sum()), header["topk"]
-    store = array_store.create(
-        path,
-        header,
-        {
-            "ids": ((tokens, K), "int32"),
-            "logits": ((tokens, K), "float16"),
-            "offsets": ((len(sizes) + 1,), "int64"),
-        },
-        units=len(sizes),
-    )
+    start, end = header["sentence_range"]
+    sizes = np.asarray(sizes, dtype=np.int64)[start:end]
+    store = array_store.create(path, header, _arrays(int(sizes.sum()), len(sizes), header["topk"]), units=len(sizes))
     store["offsets"][0] = 0
     store["offsets"][1:] = np.cumsum(sizes)
     store["offsets"].flush()
     return store
+
+
+# ------------------------------------------------------------------ shards
+PART_SETTINGS = ("kind", "version", "split", "topk", "passes", "dictionary_checksum", "dictionary_size",
+                 "sentences", "tokens", "sizes_checksum", "teacher_checksum")
+"""Header fields every part of one dump shares. The rest is the part's own range, and
+``teacher`` (the checkpoint's file name, informative: its sha256 is what must match)."""
+
+
+def parts_dir(out: str) -> str:
+    """Where the shards of the store ``out`` write their parts: ``OUT.parts`` beside it."""
+    return os.path.normpath(out) + ".parts"
+
+
+def part_path(out: str, num_shards: int, shard_id: int) -> str:
+    """``OUT.parts/part-0000I-of-0000N``: the finished part of shard I of N."""
+    from .shards import Shard, part_name
+
+    return os.path.join(parts_dir(out), part_name(Shard(num_shards, shard_id, 0)))
+
+
+def part_work_path(out: str, num_shards: int, shard_id: int) -> str:
+    """``OUT.parts/.part-0000I-of-0000N.tmp``: where that part is written (and resumed)
+    until it is finished and renamed to :func:`part_path` (replacing an older one)."""
+    final = part_path(out, num_shards, shard_id)
+    return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp")
+
+
+def publish_part(work: str, final: str) -> None:
+    """Move the finished part ``work`` (it has ``header.json``) to ``final``."""
+    from .shards import replace_dir
+
+    array_store.read_header(work)  # raises unless finished
+    replace_dir(work, final)
+
+
+def read_parts(parent: str) -> List[Dict[str, Any]]:
+    """Headers of the finished parts in ``parent`` (each with ``name`` and ``path``).
+
+    Folders being written (``.part-...tmp``) are skipped; a ``part-*`` folder
+    that is not a finished soft-label part is an error naming it.
+    """
+    from .shards import Shard, part_name
+
+    parts = []
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not (name.startswith("part-") and os.path.isdir(path)) or ".old-" in name:
+            continue
+        header = array_store.read_header(path)
+        if header.get("kind") != KIND:
+            raise StoreError(f"{path} holds a {header.get('kind')!r} store, expected {KIND!r}")
+        if part_name(Shard(header.get("num_shards", 1), header.get("shard_id", 0), 0)) != name:
+            raise StoreError(f"{path}: its header says shard {header.get('shard_id')} of "
+                             f"{header.get('num_shards')}, not {name}")
+        parts.append(dict(header, name=name, path=path))
+    return parts
+
+
+def merged_header(part: Dict[str, Any]) -> Dict[str, Any]:
+    """The header one process writes for the whole split, from any of its parts."""
+    header = {k: v for k, v in part.items() if k not in ("name", "path", "arrays")}
+    return dict(header, num_shards=1, shard_id=0, sentence_range=[0, header["sentences"]],
+                token_range=[0, header["tokens"]])
+
+
+def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_rows: int = 1 << 20) -> dict:
+    """Concatenate the parts in ``parent`` (``OUT.parts``) into the store ``out``.
+
+    Checks first and writes nothing when a check fails (StoreError / ValueError
+    naming the parts): every part is finished, has the same K, passes,
+    dictionary and split checksums and teacher hash (:data:`PART_SETTINGS`),
+    and the sentence ranges cover the split exactly once
+    (:func:`fairseq_kd.data.shards.check_parts`). The store is then written in
+    a temporary folder beside ``out`` with :mod:`array_store`'s protocol (one
+    work unit per part) and renamed to ``out``: it equals, array for array and
+    header for header, the store of a single-process dump with the same
+    batches of sentences (see ``fairseq-kd-dump-soft-labels``).
+
+    Returns {"parts", "sentences", "tokens", "bytes"}.
+    """
+    from .shards import check_parts
+
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"no parts to merge: {parent} not found")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if os.path.exists(os.path.join(out, array_store.HEADER)):
+            raise StoreError(f"{out} already holds a finished store; remove it to merge the parts again")
+        raise StoreError(f"{out} exists and is not empty")
+    parts = read_parts(parent)
+    if not parts:
+        raise StoreError(f"no finished parts in {parent}")
+    settings = [{k: p.get(k) for k in PART_SETTINGS} for p in parts]
+    keys = [json.dumps(s, sort_keys=True) for s in settings]
+    n_sentences = json.loads(Counter(keys).most_common(1)[0][0])["sentences"]
+    check_parts([{"name": p["name"], "shard": [p["shard_id"], p["num_shards"]], "range": p["sentence_range"],
+                  "settings": s} for p, s in zip(parts, settings)], n_sentences)
+    parts.sort(key=lambda p: p["sentence_range"])
+    arrays = []
+    for part in parts:
+        _, a = array_store.open_store(part["path"], kind=KIND)  # checks every array's shape
+        (start, end), (first, last) = part["sentence_range"], part["token_range"]
+        if a["ids"].shape != (last - first, part["topk"]) or len(a["offsets"]) != end - start + 1 \
+                or int(a["offsets"][-1]) != last - first:
+            raise StoreError(f"{part['path']}: arrays do not hold sentences [{start}, {end}), tokens [{first}, {last})")
+        arrays.append(a)
+    token_ranges = [p["token_range"] for p in parts]
+    if token_ranges[0][0] != 0 or token_ranges[-1][1] != parts[0]["tokens"] or any(
+            a[1] != b[0] for a, b in zip(token_ranges, token_ranges[1:])):
+        raise StoreError(f"the parts' token ranges {token_ranges} do not cover the {parts[0]['tokens']} tokens")
+
+    header = merged_header(parts[0])
+    parent_of_out = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent_of_out, exist_ok=True)
+    tmp = os.path.join(parent_of_out, f".{os.path.basename(os.path.normpath(out))}.merge-tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        store = array_store.create(tmp, header, _arrays(header["tokens"], header["sentences"], header["topk"]),
+                                   units=len(parts))
+        store["offsets"][0] = 0
+        for j, (part, a) in enumerate(zip(parts, arrays)):
+            (start, end), (first, last) = part["sentence_range"], part["token_range"]
+            store["offsets"][start + 1:end + 1] = first + np.asarray(a["offsets"][1:])
+            for name in ("ids", "logits"):  # chunked: parts can be larger than memory
+                for row in range(0, last - first, chunk_rows):
+                    stop = min(row + chunk_rows, last - first)
+                    store[name][first + row:first + stop] = a[name][row:stop]
+            store.mark_done([j])
+        header = array_store.finish(store)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if remove_parts:
+        shutil.rmtree(parent)
+    nbytes = sum(os.path.getsize(os.path.join(out, f"{n}.npy")) for n in header["arrays"])
+    return {"parts": len(parts), "sentences": header["sentences"], "tokens": header["tokens"], "bytes": nbytes}
 
 
 class SoftLabelStore:
@@ -120,13 +284,14 @@ class SoftLabelStore:
         self.passes = int(self.header["passes"])
         if self.ids.shape != self.logits.shape or self.ids.shape[1] != self.topk:
             raise StoreError(f"{path}: ids {self.ids.shape} and logits {self.logits.shape} do not hold K={self.topk}")
-        if len(self.offsets) != self.header["sentences"] + 1 or int(self.offsets[-1]) != len(self.ids):
-            raise StoreError(f"{path}: offsets.npy does not match {self.header['sentences']} sentences")
         if self.header.get("num_shards", 1) != 1 or self.header.get("sentence_range") != [0, self.header["sentences"]]:
             raise StoreError(
-                f"{path} holds part {self.header.get('shard_id')} of a sharded dump "
-                f"(sentences {self.header.get('sentence_range')}); merge the parts first"
+                f"{path} holds part {self.header.get('shard_id')} of {self.header.get('num_shards')} of a sharded "
+                f"dump (sentences {self.header.get('sentence_range')}); merge the parts first "
+                f"(fairseq-kd-merge-shards OUT)"
             )
+        if len(self.offsets) != self.header["sentences"] + 1 or int(self.offsets[-1]) != len(self.ids):
+            raise StoreError(f"{path}: offsets.npy does not match {self.header['sentences']} sentences")
 
     def check(self, dataset, dictionary) -> None:
         """Raise StoreError unless this store was dumped for ``dataset`` with ``dictionary``."""
