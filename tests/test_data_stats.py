@@ -91,9 +91,6 @@ def _tokenize(line):
 
 
 @pytest.mark.skipif(not os.environ.get("FAIRSEQ_KD_DATA"), reason="FAIRSEQ_KD_DATA (real data) is not set")
-@pytest.mark.skipif(not os.environ.get("FAIRSEQ_KD_SLOW_TESTS"),
-                    reason="trains a teacher on 2k Multi30k pairs (minutes on a shared CPU); "
-                    "set FAIRSEQ_KD_SLOW_TESTS=1")
 def test_beam_distilled_multi30k_is_less_complex(tmp_path):
     """Zhou et al.'s main observation: a beam-search teacher's output has lower C(d)
     than the real targets. Teacher: a tiny Transformer trained here on 2k pairs
