@@ -19,42 +19,16 @@ Without --prior, a prior (k = 256) of DATA's target dictionary is built from
 random embeddings in a temporary directory.
 """
 import argparse
-import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import REPO, STUDENT, alternate_runs
+
 sys.path.insert(0, REPO)
-STUDENT = (
-    "--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 "
-    "--decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 "
-    "--encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings"
-)
-
-
-def train_wps(data, criterion_args, args):
-    """Median words/s of fairseq-train's log intervals after the first."""
-    cmd = [
-        os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data,
-        "--user-dir", os.path.join(REPO, "fairseq_kd"), *shlex.split(args.student_args),
-        *criterion_args, "--optimizer", "adam", "--lr", "0.0005", "--max-tokens", str(args.max_tokens),
-        "--max-update", str(args.updates), "--log-format", "json", "--log-interval", str(args.log_interval),
-        "--no-save", "--disable-validation", "--no-progress-bar", "--seed", "1", "--num-workers", "0",
-    ] + (["--cpu"] if args.cpu else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    records = [
-        json.loads(line.split("| train_inner | ", 1)[1])
-        for line in (proc.stdout + proc.stderr).splitlines() if "| train_inner |" in line
-    ]
-    wps = [float(r["wps"]) for r in records[1:]] or [float(r["wps"]) for r in records]
-    return statistics.median(wps), statistics.median(float(r["wpb"]) for r in records)
 
 
 def step_wps(data, prior_dir, args, rounds=5, batches=8):
@@ -174,12 +148,9 @@ def main():
             "d2gpo": ["--criterion", "d2gpo", "--label-smoothing", "0.1", "--d2gpo-prior", prior_dir,
                       *shlex.split(args.d2gpo_args)],
         }
-        results = {name: [] for name in runs}
-        for r in range(args.repeats):  # alternating: load drift hits both alike
-            for name, criterion in runs.items():
-                wps, wpb = train_wps(args.data, criterion, args)
-                results[name].append(wps)
-                print(f"run {r + 1} {name}: {wps:.0f} words/s ({wpb:.0f} words/batch)", flush=True)
+        results, _ = alternate_runs(
+            args.data, runs, args, "run {run} {name}: {wps:.0f} words/s ({wpb:.0f} words/batch)"
+        )
         if args.repeats:
             base = statistics.median(results["label_smoothed_cross_entropy"])
             d2gpo = statistics.median(results["d2gpo"])

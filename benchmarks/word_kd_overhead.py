@@ -12,41 +12,13 @@ usage:
       [--student-args "..."] [--max-tokens 4096] [--cpu]
 """
 import argparse
-import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDENT = (
-    "--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 "
-    "--decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 "
-    "--encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings"
-)
-
-
-def train_wps(data, criterion_args, args):
-    """Median words/s of fairseq-train's log intervals after the first."""
-    cmd = [
-        os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data,
-        "--user-dir", os.path.join(REPO, "fairseq_kd"), *shlex.split(args.student_args),
-        *criterion_args, "--optimizer", "adam", "--lr", "0.0005", "--max-tokens", str(args.max_tokens),
-        "--max-update", str(args.updates), "--log-format", "json", "--log-interval", str(args.log_interval),
-        "--no-save", "--disable-validation", "--no-progress-bar", "--seed", "1", "--num-workers", "0",
-    ] + (["--cpu"] if args.cpu else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    records = []
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "| train_inner |" in line:
-            records.append(json.loads(line.split("| train_inner | ", 1)[1]))
-    wps = [float(r["wps"]) for r in records[1:]] or [float(r["wps"]) for r in records]
-    wpb = statistics.median(float(r["wpb"]) for r in records)
-    return statistics.median(wps), wpb
+from _common import REPO, STUDENT, alternate_runs
 
 
 def teacher_forward_ms(data, args):
@@ -98,13 +70,8 @@ def main():
     ls = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
     kd = ["--task", "translation_kd", "--teacher-path", args.teacher, "--criterion", "word_kd",
           "--label-smoothing", "0.1", "--kd-alpha", "0.5"]
-    results = {"label_smoothed_cross_entropy": [], "word_kd": []}
-    wpb = None
-    for r in range(args.repeats):
-        for name, crit in (("label_smoothed_cross_entropy", ls), ("word_kd", kd)):
-            wps, wpb = train_wps(args.data, crit, args)
-            results[name].append(wps)
-            print(f"run {r + 1}: {name:30s} {wps:9.1f} words/s", flush=True)
+    runs = {"label_smoothed_cross_entropy": ls, "word_kd": kd}
+    results, wpb = alternate_runs(args.data, runs, args, "run {run}: {name:30s} {wps:9.1f} words/s")
     base = statistics.median(results["label_smoothed_cross_entropy"])
     kd_wps = statistics.median(results["word_kd"])
     ms_base, ms_kd = 1000 * wpb / base, 1000 * wpb / kd_wps

@@ -13,6 +13,7 @@
 #                        vocabulary's WordPiece pieces (fairseq-kd-bert-tokenize),
 #                        for the BERT (C-MLM) teacher and its students
 #   WORK=DIR             where text and BPE codes go (default work_dirs/gigaword)
+#   JOBS=N               binarizer processes (default 4; WORKERS=N also works)
 #
 # Full data: ggw_data.zip, the Rush et al. (2015) split as distributed for the
 # Hugging Face "gigaword" data set (org_data/{train,dev,test}.{src,tgt}.txt:
@@ -20,27 +21,26 @@
 # OUT_DIR/{train,valid,test}.src-tgt.{src,tgt}.{bin,idx}, dict.{src,tgt}.txt
 # (src = article, tgt = headline) and WORK/{code,raw/,bpe/}.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 OUT=${1:-data-bin/gigaword}
 WORK=${WORK:-work_dirs/gigaword}
+JOBS=${JOBS:-${WORKERS:-4}}
 URL="https://drive.usercontent.google.com/download?id=1USoQ8lJgN8kAWnUnRrupMGrPMLlDVqlV&export=download&confirm=t"
 SRC=src
 TGT=tgt
 
-if [ -f "$OUT/dict.$TGT.txt" ] && [ -f "$OUT/test.$SRC-$TGT.$TGT.bin" ]; then
-  echo "prepare: $OUT already binarized; remove it to rebuild"
-  exit 0
-fi
+skip_if_binarized "$OUT"
 mkdir -p "$WORK/raw" "$WORK/bpe"
 
 if [ -n "${FAIRSEQ_KD_DATA:-}" ]; then
   BPE_OPS=${BPE_OPS:-1000}
   dir="$FAIRSEQ_KD_DATA/gigaword-sample"
   for f in article.txt title.txt; do
-    [ -f "$dir/$f" ] || { echo "prepare: $dir/$f not found (FAIRSEQ_KD_DATA=$FAIRSEQ_KD_DATA)" >&2; exit 1; }
+    need_file "$dir/$f" "FAIRSEQ_KD_DATA=$FAIRSEQ_KD_DATA"
   done
   n=$(wc -l < "$dir/article.txt")
-  [ "$n" = "$(wc -l < "$dir/title.txt")" ] || { echo "prepare: $dir: article/title line counts differ" >&2; exit 1; }
+  [ "$n" = "$(wc -l < "$dir/title.txt")" ] || die "$dir: article/title line counts differ"
   n_test=$((n / 10)); n_train=$((n - 2 * n_test))
   for pair in "article.txt $SRC" "title.txt $TGT"; do
     set -- $pair
@@ -50,53 +50,23 @@ if [ -n "${FAIRSEQ_KD_DATA:-}" ]; then
   done
 else
   BPE_OPS=${BPE_OPS:-30000}
-  zip=${GIGAWORD_ZIP:-$WORK/ggw_data.zip}
-  if [ ! -f "$zip" ]; then
-    echo "prepare: downloading ggw_data.zip (about 300 MB)"
-    curl -fL "$URL" -o "$zip.part" || { echo "prepare: download failed; fetch ggw_data.zip by hand and set GIGAWORD_ZIP" >&2; exit 1; }
-    mv "$zip.part" "$zip"
-  fi
+  zip=${GIGAWORD_ZIP:-$WORK/ggw_data.zip}  # about 300 MB
+  fetch "$URL" "$zip" "fetch ggw_data.zip by hand and set GIGAWORD_ZIP"
   unzip -oq "$zip" -d "$WORK/orig"
   org=$(dirname "$(find "$WORK/orig" -name test.src.txt | head -n 1)")
-  [ -f "$org/train.src.txt" ] || { echo "prepare: no org_data/train.src.txt in $zip" >&2; exit 1; }
+  [ -f "$org/train.src.txt" ] || die "no org_data/train.src.txt in $zip"
   declare -A STEM=([train]=train [valid]=dev [test]=test)
-  for split in train valid test; do
+  for split in "${SPLITS[@]}"; do
     cp "$org/${STEM[$split]}.src.txt" "$WORK/raw/$split.$SRC"
     cp "$org/${STEM[$split]}.tgt.txt" "$WORK/raw/$split.$TGT"
   done
 fi
-for split in train valid test; do
-  n_src=$(wc -l < "$WORK/raw/$split.$SRC"); n_tgt=$(wc -l < "$WORK/raw/$split.$TGT")
-  [ "$n_src" = "$n_tgt" ] || { echo "prepare: $split has $n_src articles and $n_tgt headlines" >&2; exit 1; }
-  echo "prepare: $split $n_src pairs"
-done
+check_pairs "$WORK/raw"
 
 # The text is already tokenized and lowercased: only BPE is learned here.
-echo "prepare: learning $BPE_OPS joint BPE merges"
-cat "$WORK/raw/train.$SRC" "$WORK/raw/train.$TGT" | subword-nmt learn-bpe -s "$BPE_OPS" > "$WORK/code"
-for split in train valid test; do
-  for l in $SRC $TGT; do
-    subword-nmt apply-bpe -c "$WORK/code" < "$WORK/raw/$split.$l" > "$WORK/bpe/$split.$l"
-  done
-done
-
-binarize() {  # text prefix dir, out dir
-  fairseq-preprocess --source-lang $SRC --target-lang $TGT --joined-dictionary \
-    --trainpref "$1/train" --validpref "$1/valid" --testpref "$1/test" \
-    --destdir "$2.tmp" --workers "${WORKERS:-4}" > "$WORK/preprocess.log" 2>&1 \
-    || { tail -20 "$WORK/preprocess.log" >&2; exit 1; }
-  rm -rf "$2" && mv "$2.tmp" "$2"
-}
+learn_joint_bpe "$WORK/raw"
+apply_bpe "$WORK/raw" "$WORK/bpe"
 binarize "$WORK/bpe" "$OUT"
 echo "prepare: done: $OUT ($(wc -l < "$OUT/dict.$TGT.txt") joined-dictionary entries), BPE codes in $WORK/code"
 
-if [ -n "${WORDPIECE_VOCAB:-}" ]; then
-  mkdir -p "$WORK/wordpiece"
-  for split in train valid test; do
-    for l in $SRC $TGT; do
-      fairseq-kd-bert-tokenize --vocab "$WORDPIECE_VOCAB" "$WORK/raw/$split.$l" -o "$WORK/wordpiece/$split.$l"
-    done
-  done
-  binarize "$WORK/wordpiece" "${OUT}_wordpiece"
-  echo "prepare: done: ${OUT}_wordpiece (WordPiece of $WORDPIECE_VOCAB)"
-fi
+binarize_wordpiece "$WORK/raw" "$OUT"

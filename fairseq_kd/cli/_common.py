@@ -1,11 +1,12 @@
-"""What every fairseq-kd-* command shares: provenance, progress, logging."""
+"""What every fairseq-kd-* command shares: start-up and errors, provenance, progress, logging."""
+import argparse
 import datetime
 import json
 import logging
 import os
 import subprocess
 import sys
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,6 +18,30 @@ def setup_logging() -> None:
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
         stream=sys.stdout,
     )
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Any],
+    argv: Optional[Sequence[str]] = None,
+    errors: Tuple[Type[BaseException], ...] = (FileNotFoundError, ValueError),
+    exit_code: int = 2,
+    message: Optional[Callable[[argparse.Namespace, BaseException], str]] = None,
+) -> Tuple[argparse.Namespace, Any]:
+    """A command's start: set up logging, parse ``argv``, return ``(args, run(args))``.
+
+    An expected error (one of ``errors``: bad input, a missing file) ends the
+    command as argparse ends one: ``<prog>: error: <message>`` on stderr and exit
+    status ``exit_code``, no traceback. ``message(args, error)`` words it (default:
+    the error's own text).
+    """
+    setup_logging()
+    args = parser.parse_args(argv)
+    try:
+        return args, run(args)
+    except errors as e:
+        print(f"{parser.prog}: error: {message(args, e) if message else e}", file=sys.stderr)
+        sys.exit(exit_code)
 
 
 def git_revision() -> Optional[str]:

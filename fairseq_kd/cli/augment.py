@@ -32,7 +32,6 @@ import bisect
 import logging
 import os
 import random
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -339,13 +338,7 @@ def main(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    _common.setup_logging()
-    args = get_parser().parse_args(argv)
-    try:
-        main(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-augment: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    _common.run_command(get_parser(), main, argv)
 
 
 if __name__ == "__main__":

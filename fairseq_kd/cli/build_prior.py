@@ -29,12 +29,11 @@ import hashlib
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import torch
 
-from fairseq_kd.cli._common import progress, record_run, setup_logging
+from fairseq_kd.cli._common import progress, record_run, run_command
 from fairseq_kd.data import array_store, prior
 
 logger = logging.getLogger("fairseq_kd.build_prior")
@@ -209,13 +208,7 @@ def main(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    setup_logging()
-    args = get_parser().parse_args(argv)
-    try:
-        header = main(args)
-    except (FileNotFoundError, ValueError) as e:  # StoreError is a ValueError
-        print(f"fairseq-kd-build-prior: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    args, header = run_command(get_parser(), main, argv, exit_code=1)  # StoreError is a ValueError
     size = sum(os.path.getsize(os.path.join(args.out, f"{n}.npy")) for n in ("ids", "weights"))
     print(
         f"build-prior: {header['vocab_size']} words, k={header['k']}, sigma={header['sigma']}, "

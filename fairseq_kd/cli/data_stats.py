@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -196,15 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    from ._common import record_run, setup_logging
+    from ._common import record_run, run_command
 
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        result = compute(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-data-stats: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    args, result = run_command(build_parser(), compute, argv)
     if args.out:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)

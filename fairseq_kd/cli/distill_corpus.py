@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -587,15 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    from ._common import record_run, setup_logging
+    from ._common import record_run, run_command
 
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        summary = distill(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-distill-corpus: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    args, summary = run_command(build_parser(), distill, argv)
     if summary.get("kind") == PART_KIND:
         shard_id, num_shards = summary["shard"]
         start, end = summary["range"]

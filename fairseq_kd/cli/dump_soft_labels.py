@@ -44,13 +44,12 @@ import logging
 import mmap
 import os
 import signal
-import sys
 import time
 
 import numpy as np
 import torch
 
-from ._common import progress, record_run, setup_logging
+from ._common import progress, record_run, run_command
 
 logger = logging.getLogger("fairseq_kd.dump_soft_labels")
 
@@ -281,13 +280,8 @@ def dump(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    setup_logging()
-    args = get_parser().parse_args(argv)
-    try:
-        summary = dump(args)
-    except (OSError, ValueError) as e:  # StoreError is a ValueError
-        print(f"fairseq-kd-dump-soft-labels: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # OSError: a missing or unwritable file; StoreError is a ValueError
+    args, summary = run_command(get_parser(), dump, argv, errors=(OSError, ValueError), exit_code=1)
     if summary["num_shards"] > 1:
         start, end = summary["sentence_range"]
         tokens = summary["part_tokens"]

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -244,15 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    from ._common import record_run, setup_logging
+    from ._common import record_run, run_command
 
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        summary = evaluate(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    args, summary = run_command(build_parser(), evaluate, argv)
     if args.results_path:
         record_run(args.results_path, args)
     quality = " ".join(

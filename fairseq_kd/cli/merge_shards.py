@@ -21,7 +21,6 @@ Parts are kept after a successful merge unless ``--remove-parts``.
 """
 import argparse
 import os
-import sys
 from typing import Optional, Sequence
 
 
@@ -72,15 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    from ._common import record_run, setup_logging
+    from ._common import record_run, run_command
 
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        summary = merge(args.out, args.subset, args.data, args.remove_parts)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-merge-shards: error: cannot merge {args.out}: {e}; nothing written", file=sys.stderr)
-        sys.exit(2)
+    args, summary = run_command(
+        build_parser(), lambda args: merge(args.out, args.subset, args.data, args.remove_parts), argv,
+        message=lambda args, e: f"cannot merge {args.out}: {e}; nothing written",
+    )
     if summary["what"] == "corpus":
         record_run(args.out, args, name=f"command.merge.{args.subset}.json")
         print(f"merge-shards | {args.subset}: {summary['parts']} parts -> {summary['sentences']} sentences, "

@@ -32,22 +32,19 @@ The prior is a read-only table loaded from ``--d2gpo-prior`` (written by
 never saved in a checkpoint. It is copied once to the training device.
 Works with ``--task translation`` and ``--task translation_kd``.
 """
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
-    LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
     label_smoothed_nll_loss,
 )
-from fairseq.logging import metrics
 
 from .. import losses
 from ..data import prior
+from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2
 
 
 @dataclass
@@ -72,7 +69,7 @@ class D2GPoCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
 
 
 @register_criterion("d2gpo", dataclass=D2GPoCriterionConfig)
-class D2GPoCriterion(LabelSmoothedCrossEntropyCriterion):
+class D2GPoCriterion(LabelSmoothedBaseCriterion):
     def __init__(
         self,
         task,
@@ -89,8 +86,7 @@ class D2GPoCriterion(LabelSmoothedCrossEntropyCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not d2gpo_prior:
             raise ValueError("--criterion d2gpo needs --d2gpo-prior DIR (written by fairseq-kd-build-prior)")
-        if not 0.0 <= d2gpo_alpha <= 1.0:
-            raise ValueError(f"--d2gpo-alpha must be in [0, 1], got {d2gpo_alpha}")
+        check_weight("--d2gpo-alpha", d2gpo_alpha)
         if d2gpo_temperature <= 0 or d2gpo_student_temperature <= 0:
             raise ValueError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
         # Raises StoreError naming the store when it was built for another dictionary.
@@ -108,19 +104,9 @@ class D2GPoCriterion(LabelSmoothedCrossEntropyCriterion):
         )
         kl = self.compute_prior_kl(lprobs, net_output, target)
         loss = losses.interpolate(loss, self.temperature**2 * kl, self.alpha)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "d2gpo_kl": kl.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
+        sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
+        logging_output["d2gpo_kl"] = kl.data
+        self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
     def compute_prior_kl(self, lprobs, net_output, target):
@@ -144,12 +130,5 @@ class D2GPoCriterion(LabelSmoothedCrossEntropyCriterion):
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
-        kl = sum(log.get("d2gpo_kl", 0) for log in logging_outputs)
-        if ntokens > 0:
-            # per token, in base 2 like nll_loss; unweighted by alpha and T^2
-            metrics.log_scalar("d2gpo_kl", kl / ntokens / math.log(2), ntokens, round=3)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
+        # per token, in base 2 like nll_loss; unweighted by alpha and T^2
+        log_per_count_base2(logging_outputs, ["d2gpo_kl"], "ntokens")

@@ -26,6 +26,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from .. import losses
+from ._common import check_weight, sum_logs
 
 
 @dataclass
@@ -54,8 +55,7 @@ class LogitMSECriterion(FairseqCriterion):
         super().__init__(task)
         if regression_target:
             raise ValueError("--criterion logit_mse is for classification; drop --regression-target")
-        if not 0.0 <= ce_alpha <= 1.0:
-            raise ValueError(f"--ce-alpha must be in [0, 1], got {ce_alpha}")
+        check_weight("--ce-alpha", ce_alpha)
         self.classification_head_name = classification_head_name
         self.ce_alpha = ce_alpha
 
@@ -102,7 +102,7 @@ class LogitMSECriterion(FairseqCriterion):
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         def total(key):
-            return sum(log.get(key, 0) for log in logging_outputs)
+            return sum_logs(logging_outputs, key)
 
         sample_size = total("sample_size")
         if sample_size:

@@ -50,7 +50,6 @@ prints them as ``word_ins``, ``length``, ..., ``kd`` (base 2).
 """
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from fairseq import utils
 from fairseq.criterions import register_criterion
@@ -60,6 +59,7 @@ from fairseq.criterions.nat_loss import (
 )
 
 from .. import losses
+from ._common import check_weight
 
 
 @dataclass
@@ -81,8 +81,7 @@ class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig):
 class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
     def __init__(self, task, label_smoothing, kd_alpha=0.5, kd_temperature=1.0, kd_topk=0):
         super().__init__(task, label_smoothing)
-        if not 0.0 <= kd_alpha <= 1.0:
-            raise ValueError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        check_weight("--kd-alpha", kd_alpha)
         if kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
         if not hasattr(task, "teacher_soft_targets") or not hasattr(task, "inject_noise"):
@@ -160,7 +159,3 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         probs_T, ids_T, _ = teacher
         lprobs_S = F.log_softmax(word_ins["out"][mask].float(), dim=-1)  # N x V
         return losses.kd_cross_entropy(lprobs_S, probs_T, ids_T).mean()
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True

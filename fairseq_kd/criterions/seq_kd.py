@@ -25,19 +25,14 @@ Logged per token, unweighted, in base 2: ``loss``, ``nll_loss`` (gold, as
 fairseq), ``distilled_loss`` and ``distilled_nll_loss`` (per distilled token).
 """
 import contextlib
-import math
 from dataclasses import dataclass, field
 
 import torch
-from fairseq import utils
 from fairseq.criterions import register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import (
-    LabelSmoothedCrossEntropyCriterion,
-    LabelSmoothedCrossEntropyCriterionConfig,
-)
-from fairseq.logging import metrics
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 
 from .. import losses
+from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2
 
 
 @dataclass
@@ -52,7 +47,7 @@ class SeqKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
 
 
 @register_criterion("seq_kd", dataclass=SeqKDCriterionConfig)
-class SeqKDCriterion(LabelSmoothedCrossEntropyCriterion):
+class SeqKDCriterion(LabelSmoothedBaseCriterion):
     def __init__(
         self,
         task,
@@ -63,8 +58,7 @@ class SeqKDCriterion(LabelSmoothedCrossEntropyCriterion):
         kd_alpha=0.5,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        if not 0.0 <= kd_alpha <= 1.0:
-            raise ValueError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        check_weight("--kd-alpha", kd_alpha)
         if kd_alpha > 0 and not getattr(getattr(task, "cfg", None), "distilled_data", None):
             raise ValueError(
                 "--criterion seq_kd needs the teacher's outputs: --task translation_kd "
@@ -78,14 +72,7 @@ class SeqKDCriterion(LabelSmoothedCrossEntropyCriterion):
         with _grad(gold_grad):
             net_output = model(**sample["net_input"])
             loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
         if has_distilled:
             distilled = sample["distilled"]
             net_input_D = dict(sample["net_input"], prev_output_tokens=distilled["prev_output_tokens"])
@@ -101,25 +88,13 @@ class SeqKDCriterion(LabelSmoothedCrossEntropyCriterion):
                 distilled_nll_loss=nll_loss_D.data,
                 distilled_ntokens=distilled["ntokens"],
             )
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
+        self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        ntokens = sum(log.get("distilled_ntokens", 0) for log in logging_outputs)
-        if ntokens == 0:
-            return
-        for key in ("distilled_loss", "distilled_nll_loss"):
-            total = sum(log.get(key, 0) for log in logging_outputs)
-            metrics.log_scalar(key, total / ntokens / math.log(2), ntokens, round=3)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
+        log_per_count_base2(logging_outputs, ["distilled_loss", "distilled_nll_loss"], "distilled_ntokens")
 
 
 def _grad(enabled: bool):

@@ -17,20 +17,15 @@ The teacher comes from the task (``--task translation_kd``): an online teacher
 (``--teacher-path``) or a soft-label store (``--soft-labels``). A batch with
 no teacher (validation with a store) is scored on the gold loss alone.
 """
-import math
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.criterions import register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import (
-    LabelSmoothedCrossEntropyCriterion,
-    LabelSmoothedCrossEntropyCriterionConfig,
-)
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 from fairseq.logging import metrics
 
 from .. import losses
+from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, sum_logs
 
 
 @dataclass
@@ -59,7 +54,7 @@ class WordKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
 
 
 @register_criterion("word_kd", dataclass=WordKDCriterionConfig)
-class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
+class WordKDCriterion(LabelSmoothedBaseCriterion):
     def __init__(
         self,
         task,
@@ -74,8 +69,7 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         kd_t2_scaling=False,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        if not 0.0 <= kd_alpha <= 1.0:
-            raise ValueError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        check_weight("--kd-alpha", kd_alpha)
         if kd_temperature <= 0 or kd_student_temperature <= 0:
             raise ValueError("--kd-temperature and --kd-student-temperature must be > 0")
         if not hasattr(task, "teacher_soft_targets"):
@@ -89,24 +83,14 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
         kd = self.compute_kd(model, net_output, sample)
         if kd is not None:
             kd_loss, kd_logs = kd
             loss = losses.interpolate(loss, kd_loss, self.kd_alpha)
             logging_output["loss"] = loss.data
             logging_output.update(kd_logs)
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
+        self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
     def compute_kd(self, model, net_output, sample):
@@ -138,20 +122,13 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         super().reduce_metrics(logging_outputs)
         reduce_kd_metrics(logging_outputs)
 
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
-
 
 def reduce_kd_metrics(logging_outputs) -> None:
     """Log kd_loss and teacher_nll per token in base 2, teacher_agree in percent."""
-    kd_tokens = sum(log.get("kd_tokens", 0) for log in logging_outputs)
+    kd_tokens = log_per_count_base2(logging_outputs, ["kd_loss"], "kd_tokens")
     if kd_tokens == 0:
         return
-    kd_loss = sum(log.get("kd_loss", 0) for log in logging_outputs)
-    metrics.log_scalar("kd_loss", kd_loss / kd_tokens / math.log(2), kd_tokens, round=3)
-    agree = sum(log.get("teacher_agree", 0) for log in logging_outputs)
+    agree = sum_logs(logging_outputs, "teacher_agree")
     metrics.log_scalar("teacher_agree", 100.0 * agree / kd_tokens, kd_tokens, round=2)
     if any("teacher_nll" in log for log in logging_outputs):
-        teacher_nll = sum(log.get("teacher_nll", 0) for log in logging_outputs)
-        metrics.log_scalar("teacher_nll", teacher_nll / kd_tokens / math.log(2), kd_tokens, round=3)
+        log_per_count_base2(logging_outputs, ["teacher_nll"], "kd_tokens")

@@ -1,0 +1,62 @@
+"""Plumbing shared by the criterions of this folder; registers nothing.
+
+``LabelSmoothedBaseCriterion`` is ``label_smoothed_cross_entropy`` with its
+``forward`` cut into the parts that ``word_kd``, ``seq_kd`` and ``d2gpo`` reuse
+around the term each adds; the functions below check options and log sums.
+"""
+import math
+from typing import Dict, Iterable, List, Sequence
+
+from fairseq import utils
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.logging import metrics
+
+
+class LabelSmoothedBaseCriterion(LabelSmoothedCrossEntropyCriterion):
+    """``label_smoothed_cross_entropy``'s gold-term logging, for criterions that add a term.
+
+    Not registered: a subclass registers its own name and config.
+    """
+
+    def gold_logging_output(self, loss, nll_loss, sample):
+        """``(sample_size, logging_output)`` of the gold term, as fairseq's forward writes them.
+
+        ``sample_size`` is ``ntokens`` (the sentences with ``--sentence-avg``).
+        """
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        return sample_size, logging_output
+
+    def log_accuracy(self, model, net_output, sample, logging_output: Dict) -> None:
+        """With ``--report-accuracy``, add the gold term's ``n_correct`` and ``total``."""
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+
+
+def check_weight(option: str, value: float) -> None:
+    """Raise unless an interpolation weight (``--kd-alpha`` ...) is in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{option} must be in [0, 1], got {value}")
+
+
+def sum_logs(logging_outputs: Iterable[Dict], key: str):
+    """The sum of ``key`` over the logging outputs (0 where it is missing)."""
+    return sum(log.get(key, 0) for log in logging_outputs)
+
+
+def log_per_count_base2(logging_outputs: List[Dict], keys: Sequence[str], count_key: str):
+    """Log each summed ``key`` per summed ``count_key``, in base 2 as fairseq logs
+    ``nll_loss`` (rounded to 3 places); nothing when the count is 0. Returns the count."""
+    count = sum_logs(logging_outputs, count_key)
+    if count:
+        for key in keys:
+            metrics.log_scalar(key, sum_logs(logging_outputs, key) / count / math.log(2), count, round=3)
+    return count
