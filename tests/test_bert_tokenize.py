@@ -81,3 +81,16 @@ def test_console_script_to_stdout(tmp_path):
     proc = utils.run([utils.command("fairseq-kd-bert-tokenize"), str(tmp_path / "x.txt"), "--vocab", str(v)])
     assert proc.stdout == "a dog sit ##s .\n"
     assert "tokenized 1 lines, 5 pieces (lowercase=True)" in proc.stderr
+
+
+def test_dict_out_writes_the_whole_vocabulary_as_a_fairseq_dictionary(tmp_path):
+    from fairseq.data import Dictionary
+
+    v = vocab(tmp_path, WORDS + ["the", "<s>"])  # a duplicate and a fairseq special are left out
+    out = tmp_path / "d" / "dict.txt"
+    cli_main(["--vocab", str(v), "--dict-out", str(out)])  # no input needed
+    d = Dictionary.load(str(out))
+    assert d.symbols[:4] == ["<s>", "<pad>", "</s>", "<unk>"]  # [CLS] [PAD] [SEP] [UNK] map to these
+    assert d.symbols[4:] == ["[MASK]"] + WORDS
+    with pytest.raises(SystemExit):
+        cli_main(["--vocab", str(v)])  # neither input nor --dict-out

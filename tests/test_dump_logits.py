@@ -156,3 +156,21 @@ def test_interrupted_dump_resumes_to_the_same_store(setup, tmp_path, monkeypatch
     dump_in_process(setup, part, "valid", extra=["--batch-size", "4"])  # resumes
     np.testing.assert_allclose(array_store.open_store(part)[1]["logits"], array_store.open_store(full)[1]["logits"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_batches_group_sentences_of_similar_length_and_refuse_too_long_ones():
+    from fairseq_kd.cli.dump_logits import length_sorted_batches
+
+    class Sized:
+        sizes = [5, 2, 9, 2, 7]
+
+        def __len__(self):
+            return len(self.sizes)
+
+        def num_tokens(self, i):
+            return self.sizes[i]
+
+    batches = length_sorted_batches(Sized(), 2, max_positions=9)
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 4], [2]]
+    with pytest.raises(ValueError, match="sentence 2 has 9 tokens; the teacher takes at most 8"):
+        length_sorted_batches(Sized(), 2, max_positions=8)

@@ -15,6 +15,13 @@ it, else no piece has an upper-case letter A-Z) unless
 (``##`` pieces are glued to the previous one; ``--lang`` then applies Moses
 detokenization to punctuation), and ``--normalize`` applies only the
 vocabulary's normalization (for references scored against detokenized output).
+
+A BERT classifier teacher (``--arch bert_classifier_base``) reads a dictionary
+of BERT's whole vocabulary instead, so that every piece keeps its embedding,
+including pieces that only the test data holds:
+
+    fairseq-kd-bert-tokenize --vocab BERT_DIR --dict-out wp/dict.txt        # no input needed
+    fairseq-preprocess --only-source --srcdict wp/dict.txt --trainpref wp/train.input0 ...
 """
 import argparse
 import gzip
@@ -35,7 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
         description="Tokenize text into a BERT vocabulary's WordPiece pieces (space-separated), "
         "or detokenize pieces back into text.",
     )
-    parser.add_argument("input", help="text file, one sentence a line (.gz read transparently; - = stdin)")
+    parser.add_argument("input", nargs="?", default=None,
+                        help="text file, one sentence a line (.gz read transparently; - = stdin); "
+                             "may be left out with --dict-out")
     parser.add_argument("-o", "--output", default="-", help="output file (default: - = stdout)")
     parser.add_argument("--vocab", required=True, help="the teacher's vocab.txt, or the BERT directory holding it")
     parser.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
@@ -46,6 +55,10 @@ def get_parser() -> argparse.ArgumentParser:
                       help="only apply the vocabulary's normalization (lowercasing, accents) to text")
     parser.add_argument("--lang", default=None,
                         help="with --detokenize: also Moses-detokenize punctuation for this language (e.g. en)")
+    parser.add_argument("--dict-out", default=None, metavar="FILE",
+                        help="also write the vocabulary as a fairseq dictionary (for fairseq-preprocess "
+                             "--srcdict): every piece in vocab.txt order, [PAD] [UNK] [CLS] [SEP] left out "
+                             "(fairseq's <pad> <unk> <s> </s> stand for them)")
     parser.add_argument("--batch-lines", type=int, default=10000, help="lines tokenized per call (default: 10000)")
     return parser
 
@@ -117,6 +130,31 @@ def detokenize_line(line: str, detokenizer=None) -> str:
     return detokenizer.detokenize(words)
 
 
+# BERT pieces that fairseq's own specials stand for (see models/bert_teacher.py).
+BERT_SPECIALS_AS_FAIRSEQ = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def write_dictionary(vocab: str, out: str) -> int:
+    """Write ``vocab``'s pieces as a fairseq dict.txt (``piece 1`` a line, vocab.txt
+    order, duplicates and pieces that fairseq reserves left out). Returns the
+    number of symbols written."""
+    file = vocab_file(vocab)
+    seen = set(BERT_SPECIALS_AS_FAIRSEQ + FAIRSEQ_SPECIALS)
+    symbols = []
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            piece = line.rstrip("\n").rstrip("\r")
+            if not piece or piece in seen or any(c.isspace() for c in piece):
+                continue
+            seen.add(piece)
+            symbols.append(piece)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.writelines(f"{s} 1\n" for s in symbols)
+    return len(symbols)
+
+
 def _open_input(path: str):
     if path == "-":
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
@@ -126,6 +164,11 @@ def _open_input(path: str):
 
 
 def convert(args) -> dict:
+    if args.dict_out:
+        n = write_dictionary(args.vocab, args.dict_out)
+        print(f"wrote a fairseq dictionary of {n} pieces: {args.dict_out}", file=sys.stderr)
+    if args.input is None:
+        return {"lines": 0, "pieces": 0, "lowercase": None}
     tokenizer, lower = build_tokenizer(args.vocab, args.lowercase)
     detokenizer = None
     if args.detokenize and args.lang:
@@ -160,13 +203,18 @@ def convert(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.input is None and not args.dict_out:
+        parser.error("the input file is required (unless --dict-out is given)")
     start = time.time()
     try:
         summary = convert(args)
     except (OSError, ValueError) as e:
         print(f"fairseq-kd-bert-tokenize: error: {e}", file=sys.stderr)
         sys.exit(1)
+    if args.input is None:
+        return
     mode = "detokenized" if args.detokenize else "normalized" if args.normalize else "tokenized"
     extra = f", {summary['pieces']} pieces" if summary["pieces"] else ""
     print(

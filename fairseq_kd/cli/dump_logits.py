@@ -1,6 +1,6 @@
 """``fairseq-kd-dump-logits``: store a teacher classifier's logits for a split.
 
-Runs a fairseq classifier checkpoint (a ``bert_teacher`` or ``roberta`` model
+Runs a fairseq classifier checkpoint (a ``bert_classifier`` or ``roberta`` model
 fine-tuned with ``--task sentence_prediction``, or any model with RoBERTa's
 ``classification_heads`` interface) over a binarized split, original or
 augmented, and writes its logits (float32, sentences x C) as a store that
@@ -10,7 +10,8 @@ The teacher reads its own binarization (``--data``, e.g. BERT WordPiece); the
 store is aligned, line by line, with the student's binarization of the same
 sentences (``--align-with``, default ``--data``), whose fingerprints go into
 the header and are checked when the student loads the store. Gold labels of
-the two must agree where both exist.
+the two must agree where both exist. Sentences are run in batches of similar
+length (shortest first), which wastes little on padding.
 
 Example::
 
@@ -75,6 +76,18 @@ def load_teacher(path: str, data: str, head: str, device: torch.device, fp16: bo
     return model, task
 
 
+def length_sorted_batches(dataset, batch_size: int, max_positions) -> list:
+    """Sentence ids in batches of ``batch_size``, shortest first: the logits do not
+    depend on the order, and batches of similar lengths waste little on padding.
+    Raises on a sentence longer than ``max_positions``."""
+    sizes = np.array([dataset.num_tokens(i) for i in range(len(dataset))], dtype=np.int64)
+    if max_positions is not None and len(sizes) and sizes.max() > max_positions:
+        i = int(np.argmax(sizes > max_positions))
+        raise ValueError(f"sentence {i} has {sizes[i]} tokens; the teacher takes at most {max_positions}")
+    order = np.argsort(sizes, kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def class_symbols(label_dict, num_classes: int):
     return list(label_dict.symbols[label_dict.nspecial: label_dict.nspecial + num_classes])
 
@@ -135,22 +148,17 @@ def main(args) -> dict:
 
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
-    itr = task.get_batch_iterator(
-        dataset=dataset,
-        max_sentences=args.batch_size,
-        max_positions=fairseq_utils.resolve_max_positions(task.max_positions(), model.max_positions()),
-        ignore_invalid_inputs=False,
-        required_batch_size_multiple=1,
-        seed=1,
-        num_workers=0,
-    ).next_epoch_itr(shuffle=False)
+    batches = length_sorted_batches(
+        dataset, args.batch_size, fairseq_utils.resolve_max_positions(task.max_positions(), model.max_positions())
+    )
     done = np.asarray(store.done)
     n_correct = n_labelled = 0
     with torch.no_grad():
-        for sample in _common.progress(itr, total=len(itr), desc="teacher logits", unit="batch"):
-            ids = sample["id"].numpy()
-            if done[ids].all():
+        for batch in _common.progress(batches, total=len(batches), desc="teacher logits", unit="batch"):
+            if done[batch].all():
                 continue
+            sample = dataset.collater([dataset[i] for i in batch])
+            ids = sample["id"].numpy()
             sample = fairseq_utils.move_to_cuda(sample) if device.type == "cuda" else sample
             logits, _ = model(
                 **sample["net_input"], features_only=True, classification_head_name=args.classification_head_name

@@ -3,9 +3,9 @@
 A checkpoint is a directory with ``config.json``, ``vocab.txt`` (one WordPiece
 a line; the line number is the id) and ``model.safetensors`` or
 ``pytorch_model.bin``. Weights may be a bare ``BertModel`` (``embeddings.*``,
-``encoder.*``) or a ``BertForMaskedLM`` / ``BertForPreTraining`` (the same
-under ``bert.`` plus the masked-LM head ``cls.predictions.*``). Every error
-names the file at fault.
+``encoder.*``, and usually the pooler ``pooler.dense.*``) or a ``BertForMaskedLM``
+/ ``BertForPreTraining`` (the same under ``bert.`` plus the masked-LM head
+``cls.predictions.*``). Every error names the file at fault.
 """
 import json
 import os
@@ -95,8 +95,9 @@ def weights_file(path: str) -> str:
 
 def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]], str]:
     """``(encoder, head, file)``: the encoder's tensors under BertModel names
-    (``embeddings.*``, ``encoder.*``), the masked-LM head's under
-    ``transform.*`` / ``bias`` (None when the checkpoint has none)."""
+    (``embeddings.*``, ``encoder.*`` and, when the checkpoint has BERT's pooler,
+    ``pooler.dense.*``), the masked-LM head's under ``transform.*`` / ``bias``
+    (None when the checkpoint has none)."""
     file = weights_file(path)
     try:
         if file.endswith(".safetensors"):
@@ -116,7 +117,7 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[s
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if key.startswith("bert."):
             key = key[len("bert."):]
-        if key.startswith(("embeddings.", "encoder.")):
+        if key.startswith(("embeddings.", "encoder.", "pooler.dense.")):
             encoder[key] = value
         elif key.startswith("cls.predictions.transform."):
             head[key[len("cls.predictions."):]] = value
@@ -136,6 +137,7 @@ def write_checkpoint(
     intermediate_size: int = 32,
     max_position_embeddings: int = 64,
     with_head: bool = True,
+    with_pooler: bool = True,
     safetensors: bool = True,
     seed: int = 0,
 ) -> str:
@@ -143,7 +145,7 @@ def write_checkpoint(
 
     The vocabulary is BERT's specials followed by ``words``. With ``with_head``
     the weights are a ``BertForMaskedLM`` (``bert.`` prefix, ``cls.predictions``),
-    else a bare ``BertModel``.
+    else a bare ``BertModel``; ``with_pooler`` adds BERT's pooler (``pooler.dense``).
     """
     g = torch.Generator().manual_seed(seed)
     vocab = list(SPECIALS) + [w for w in words if w not in SPECIALS]
@@ -179,6 +181,10 @@ def write_checkpoint(
             "cls.predictions.transform.LayerNorm.bias": randn(H) * 0.1,
             "cls.predictions.bias": randn(len(vocab)) * 0.1,
         })
+    if with_pooler:  # drawn last, so that the other tensors do not depend on it
+        prefix = "bert." if with_head else ""
+        state[prefix + "pooler.dense.weight"] = randn(H, H)
+        state[prefix + "pooler.dense.bias"] = randn(H) * 0.1
     os.makedirs(path, exist_ok=True)
     config = {
         "architectures": ["BertForMaskedLM" if with_head else "BertModel"], "model_type": "bert",

@@ -25,6 +25,10 @@ Architectures: ``bert_teacher_base`` (sizes from ``config.json``),
 ``bert_teacher_small`` (its first 6 layers: the paper's 6-layer ablation) and
 ``bert_teacher_l2r`` (target slots attend only to the source and to earlier
 target slots: the left-to-right ablation).
+
+The Hugging Face import and the encoder live in ``BertEncoderModel``, which
+``bert_classifier`` (the sentence classifier teacher of Tang et al. 2019)
+shares.
 """
 import json
 import logging
@@ -39,7 +43,8 @@ from ..data import bert_io
 
 logger = logging.getLogger(__name__)
 
-FAIRSEQ_TO_BERT_SPECIALS = {"<s>": "[CLS]", "<pad>": "[PAD]", "</s>": "[SEP]", "<unk>": "[UNK]"}
+# fairseq's specials (and the <mask> that sentence_prediction adds) as BERT pieces.
+FAIRSEQ_TO_BERT_SPECIALS = {"<s>": "[CLS]", "<pad>": "[PAD]", "</s>": "[SEP]", "<unk>": "[UNK]", "<mask>": "[MASK]"}
 
 
 def _activation(name: str):
@@ -152,24 +157,27 @@ class MLMTransform(nn.Module):
         return self.LayerNorm(self.act(self.dense(x)))
 
 
-@register_model("bert_teacher")
-class BertTeacherModel(BaseFairseqModel):
-    def __init__(self, args, config: Dict, dictionary):
+class BertEncoderModel(BaseFairseqModel):
+    """BERT's embeddings and encoder, built from (and initialized by) a Hugging
+    Face checkpoint; not registered. ``bert_teacher`` (C-MLM) and
+    ``bert_classifier`` (sentence classification) add their output layers.
+
+    The input embedding has one row per entry of ``symbols`` (fairseq dictionary
+    symbols, their specials mapped to BERT's), each initialized from BERT's
+    embedding of that piece; the buffer ``bert_ids`` keeps which BERT id each
+    row came from.
+    """
+
+    def __init__(self, args, config: Dict, dictionary, rows: int):
         super().__init__()
         self.args = args
         self.config = config
         self.pad = dictionary.pad()
         self.bos = dictionary.bos()
-        self.mask_idx = len(dictionary)  # one past the dictionary: input-only
-        self.causal_target = bool(getattr(args, "causal_target", False))
+        self.eos = dictionary.eos()
         self.max_total_positions = config["max_position_embeddings"]
-        self.embeddings = BertEmbeddings(len(dictionary) + 1, config)
+        self.embeddings = BertEmbeddings(rows, config)
         self.encoder = BertEncoder(config)
-        self.transform = MLMTransform(config)
-        self.output_projection = nn.Linear(config["hidden_size"], len(dictionary))
-        # Which BERT vocabulary id each input row was initialized from (provenance).
-        self.register_buffer("bert_ids", torch.zeros(len(dictionary) + 1, dtype=torch.long))
-        self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module):
@@ -190,9 +198,6 @@ class BertTeacherModel(BaseFairseqModel):
                                  "model.safetensors or pytorch_model.bin) to initialize from")
         parser.add_argument("--bert-layers", type=int, metavar="N",
                             help="keep only the first N encoder layers (0 = all)")
-        parser.add_argument("--causal-target", action="store_true",
-                            help="target slots attend only to the source and earlier target slots "
-                                 "(left-to-right ablation)")
         parser.add_argument("--dropout", type=float, metavar="D",
                             help="hidden dropout (default: the checkpoint's hidden_dropout_prob)")
         parser.add_argument("--attention-dropout", type=float, metavar="D",
@@ -201,57 +206,49 @@ class BertTeacherModel(BaseFairseqModel):
                             help="the encoder's sizes as JSON; filled in from --bert-path/config.json "
                                  "when the model is first built, so a trained checkpoint needs no --bert-path")
 
-    @classmethod
-    def build_model(cls, args, task):
-        bert_teacher_base(args)
-        src_dict, dictionary = task.source_dictionary, task.target_dictionary
-        if src_dict is not None and list(src_dict.symbols) != list(dictionary.symbols):
-            raise ValueError(
-                "bert_teacher needs one dictionary for source and target: binarize the "
-                "WordPiece text with fairseq-preprocess --joined-dictionary"
-            )
-        from_checkpoint = bool(args.bert_config)  # rebuilt from a saved model: weights follow
-        if from_checkpoint:
-            config = json.loads(args.bert_config)
-        else:
-            if not args.bert_path:
-                raise ValueError("--arch bert_teacher_* needs --bert-path DIR (a Hugging Face BERT checkpoint)")
-            config = bert_io.read_config(args.bert_path)
-            available = config["num_hidden_layers"]
-            if args.bert_layers and args.bert_layers > available:
-                logger.warning(f"--bert-layers {args.bert_layers}: the checkpoint has only {available}, using all")
-            if args.bert_layers:
-                config["num_hidden_layers"] = min(args.bert_layers, available)
-            if args.dropout is not None:
-                config["hidden_dropout_prob"] = args.dropout
-            if args.attention_dropout is not None:
-                config["attention_probs_dropout_prob"] = args.attention_dropout
-            args.bert_config = json.dumps(config, sort_keys=True)
-        model = cls(args, config, dictionary)
-        if not from_checkpoint:
-            model.import_bert(args.bert_path, dictionary)
-        return model
+    @staticmethod
+    def read_bert_config(args, arch: str):
+        """``(config, from_checkpoint)``: the stored config of a saved model, else
+        ``--bert-path``'s config.json with ``--bert-layers`` / dropout applied
+        (then stored in ``args.bert_config`` for the checkpoint)."""
+        if args.bert_config:  # rebuilt from a saved model: weights follow
+            return json.loads(args.bert_config), True
+        if not args.bert_path:
+            raise ValueError(f"--arch {arch}_* needs --bert-path DIR (a Hugging Face BERT checkpoint)")
+        config = bert_io.read_config(args.bert_path)
+        available = config["num_hidden_layers"]
+        if args.bert_layers and args.bert_layers > available:
+            logger.warning(f"--bert-layers {args.bert_layers}: the checkpoint has only {available}, using all")
+        if args.bert_layers:
+            config["num_hidden_layers"] = min(args.bert_layers, available)
+        if args.dropout is not None:
+            config["hidden_dropout_prob"] = args.dropout
+        if args.attention_dropout is not None:
+            config["attention_probs_dropout_prob"] = args.attention_dropout
+        args.bert_config = json.dumps(config, sort_keys=True)
+        return config, False
 
-    def import_bert(self, path: str, dictionary) -> None:
-        """Copy a Hugging Face BERT checkpoint's weights into this model."""
+    def import_encoder(self, path: str, symbols):
+        """Copy a Hugging Face BERT checkpoint's embeddings and encoder into this
+        model, embedding row i from BERT's piece ``symbols[i]`` ([UNK] when the
+        vocabulary lacks it). Returns ``(state, head, file, n_unk)``: the
+        checkpoint's BertModel tensors, its masked-LM head (or None), the weights
+        file and how many symbols fell back to [UNK]."""
         encoder, head, file = bert_io.read_state_dict(path)
         vocab = bert_io.read_vocab(path)
         piece_id = {p: i for i, p in enumerate(vocab)}
         unk = piece_id["[UNK]"]
-        symbols = [FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols] + ["[MASK]"]
         bert_ids = torch.tensor([piece_id.get(s, unk) for s in symbols], dtype=torch.long)
-        n_unk = int((bert_ids == unk).sum()) - 1  # <unk> itself maps to [UNK]
-        word = encoder.pop("embeddings.word_embeddings.weight")
+        n_unk = sum(1 for s in symbols if s not in piece_id)
+        word = encoder["embeddings.word_embeddings.weight"]
         if word.size(0) != len(vocab):
             raise bert_io.BertCheckpointError(
                 f"{file}: {word.size(0)} word embeddings but {len(vocab)} pieces in vocab.txt"
             )
         with torch.no_grad():
             self.bert_ids.copy_(bert_ids)
-            rows = word[bert_ids].to(self.embeddings.word_embeddings.weight.dtype)
-            self.embeddings.word_embeddings.weight.copy_(rows)
-            self.output_projection.weight.copy_(rows[:-1])
-            self.output_projection.bias.zero_()
+            rows = self.embeddings.word_embeddings.weight
+            rows.copy_(word[bert_ids].to(rows.dtype))
         wanted = {k for k in self.state_dict() if k.startswith(("embeddings.", "encoder."))}
         wanted.discard("embeddings.word_embeddings.weight")
         missing = sorted(wanted - set(encoder))
@@ -264,6 +261,59 @@ class BertTeacherModel(BaseFairseqModel):
                     f"{file}: {key} has shape {tuple(encoder[key].shape)}, config.json implies {tuple(own[key].shape)}"
                 )
         self.load_state_dict({k: encoder[k] for k in wanted}, strict=False)
+        return encoder, head, file, n_unk
+
+    def run_encoder(self, ids, segments, allowed):
+        """Final hidden states B x L x H of ids / segments B x L; ``allowed``
+        (True = may attend) broadcasts to B x 1 x L x L."""
+        x = self.embeddings(ids, segments)  # B x L x H
+        for layer in self.encoder.layer:
+            x = layer(x, allowed)
+        return x
+
+
+@register_model("bert_teacher")
+class BertTeacherModel(BertEncoderModel):
+    def __init__(self, args, config: Dict, dictionary):
+        super().__init__(args, config, dictionary, rows=len(dictionary) + 1)
+        self.mask_idx = len(dictionary)  # one past the dictionary: input-only
+        self.causal_target = bool(getattr(args, "causal_target", False))
+        self.transform = MLMTransform(config)
+        self.output_projection = nn.Linear(config["hidden_size"], len(dictionary))
+        # Which BERT vocabulary id each input row was initialized from (provenance).
+        self.register_buffer("bert_ids", torch.zeros(len(dictionary) + 1, dtype=torch.long))
+        self.apply(self._init_weights)
+
+    # ------------------------------------------------------------- options
+    @staticmethod
+    def add_args(parser):
+        BertEncoderModel.add_args(parser)
+        parser.add_argument("--causal-target", action="store_true",
+                            help="target slots attend only to the source and earlier target slots "
+                                 "(left-to-right ablation)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        bert_teacher_base(args)
+        src_dict, dictionary = task.source_dictionary, task.target_dictionary
+        if src_dict is not None and list(src_dict.symbols) != list(dictionary.symbols):
+            raise ValueError(
+                "bert_teacher needs one dictionary for source and target: binarize the "
+                "WordPiece text with fairseq-preprocess --joined-dictionary"
+            )
+        config, from_checkpoint = cls.read_bert_config(args, "bert_teacher")
+        model = cls(args, config, dictionary)
+        if not from_checkpoint:
+            model.import_bert(args.bert_path, dictionary)
+        return model
+
+    def import_bert(self, path: str, dictionary) -> None:
+        """Copy a Hugging Face BERT checkpoint's weights into this model."""
+        symbols = [FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols] + ["[MASK]"]
+        _, head, _, n_unk = self.import_encoder(path, symbols)
+        with torch.no_grad():
+            self.output_projection.weight.copy_(self.embeddings.word_embeddings.weight[:-1])
+            self.output_projection.bias.zero_()
         if head is not None and all(f"transform.{k}" in head for k in ("dense.weight", "dense.bias", "LayerNorm.weight", "LayerNorm.bias")):
             self.transform.load_state_dict({k[len("transform."):]: v for k, v in head.items() if k.startswith("transform.")})
             head_msg = "masked-LM head transform imported"
@@ -319,9 +369,7 @@ class BertTeacherModel(BaseFairseqModel):
     def encode(self, src_tokens, tgt_tokens):
         """Final hidden states of the target slots: B x T x H."""
         ids, segments, allowed, tgt_positions = self.layout(src_tokens, tgt_tokens)
-        x = self.embeddings(ids, segments)  # B x L x H
-        for layer in self.encoder.layer:
-            x = layer(x, allowed)
+        x = self.run_encoder(ids, segments, allowed)  # B x L x H
         return x.gather(1, tgt_positions.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
     def forward(self, src_tokens, src_lengths, tgt_tokens, positions: Optional[torch.Tensor] = None, **kwargs):
