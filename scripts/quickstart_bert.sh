@@ -69,7 +69,7 @@ fi
 stamp "data ready: $(wc -l < "$WORK/wp/train.en") training pairs, $(wc -l < "$DATA/dict.en.txt") dictionary entries"
 
 COMMON=(--user-dir fairseq_kd --optimizer adam --adam-betas "(0.9,0.98)" --lr-scheduler inverse_sqrt
-  --max-tokens "$MAX_TOKENS" --no-epoch-checkpoints --no-last-checkpoints --disable-validation
+  --max-tokens "$MAX_TOKENS" --no-epoch-checkpoints --save-interval-updates 0 --required-batch-size-multiple 1 --disable-validation
   --log-format simple --log-interval 25 --seed 1 $CPU)
 STUDENT=(--arch transformer --share-all-embeddings --encoder-layers 2 --decoder-layers 2
   --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
@@ -79,10 +79,9 @@ train() {  # name, max updates, args...
   local name=$1 updates=$2; shift 2
   if [ -f "$WORK/$name/final.pt" ]; then stamp "$name already trained"; return; fi
   stamp "training $name ($updates updates)"
-  fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" \
-    --save-interval-updates "$updates" "$@" > "$WORK/$name.log" 2>&1 \
+  fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" "$@" > "$WORK/$name.log" 2>&1 \
     || { tail -30 "$WORK/$name.log"; exit 1; }
-  cp "$WORK/$name"/checkpoint_*_"$updates".pt "$WORK/$name/final.pt"
+  mv "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt"
 }
 
 bleu() {  # name -> sacreBLEU of test2016 (uncased: the MiniLM vocabulary is uncased)

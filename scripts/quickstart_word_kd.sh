@@ -25,7 +25,7 @@ bash examples/multi30k/prepare.sh "$DATA"
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 200
-  --max-tokens 4096 --no-epoch-checkpoints --no-last-checkpoints --disable-validation
+  --max-tokens 4096 --no-epoch-checkpoints --save-interval-updates 0 --required-batch-size-multiple 1 --disable-validation
   --log-format simple --log-interval 50 --seed 1 --cpu)
 TEACHER=(--arch transformer --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256
   --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
@@ -37,10 +37,9 @@ STUDENT=(--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embe
 train() {  # name, max updates, args...
   local name=$1 updates=$2; shift 2
   echo "quickstart: training $name ($updates updates)"
-  fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" \
-    --save-interval-updates "$updates" "$@" > "$WORK/$name.log" 2>&1 \
+  fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" "$@" > "$WORK/$name.log" 2>&1 \
     || { tail -30 "$WORK/$name.log"; exit 1; }
-  cp "$WORK/$name"/checkpoint_*_"$updates".pt "$WORK/$name/final.pt"
+  mv "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt"
 }
 
 bleu() {  # name -> prints detokenized sacreBLEU of test2016

@@ -35,7 +35,7 @@ bash examples/multi30k/prepare.sh "$DATA"
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 200
-  --max-tokens "$MAX_TOKENS" --required-batch-size-multiple 1 --no-epoch-checkpoints --no-last-checkpoints
+  --max-tokens "$MAX_TOKENS" --required-batch-size-multiple 1 --no-epoch-checkpoints --save-interval-updates 0
   --disable-validation --log-format simple --log-interval 50 --seed "$SEED" $CPU)
 TEACHER=(--arch transformer --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256
   --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
@@ -48,9 +48,8 @@ train() {  # name, data, max updates, args...
   local name=$1 data=$2 updates=$3; shift 3
   if [ -f "$WORK/$name/final.pt" ]; then stamp "$name already trained"; return; fi
   stamp "training $name ($updates updates)"
-  fairseq-train "$data" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" \
-    --save-interval-updates "$updates" "$@" > "$WORK/$name.log" 2>&1 || { tail -30 "$WORK/$name.log"; exit 1; }
-  cp "$WORK/$name"/checkpoint_*_"$updates".pt "$WORK/$name/final.pt"
+  fairseq-train "$data" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" "$@" > "$WORK/$name.log" 2>&1 || { tail -30 "$WORK/$name.log"; exit 1; }
+  mv "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt"
   stamp "$name: $(grep -o 'wps [0-9.]*' "$WORK/$name.log" | tail -1) target words/s"
 }
 

@@ -32,6 +32,7 @@ import bisect
 import logging
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -69,7 +70,13 @@ class LexiconTagger:
 
 
 class SpacyTagger:
-    """spaCy's fine-grained tags (Penn Treebank) on the given tokenization."""
+    """spaCy's fine-grained tags (Penn Treebank) on the given tokenization.
+
+    The words go in as a pre-tokenized ``Doc`` and only the pipeline's components
+    run: spaCy's tokenizer never sees the text, so "don't" stays one word (it
+    would split it into "do" "n't"). Should a component still merge or split
+    tokens, each word takes the tag of the token its first character is in.
+    """
 
     name = "spacy"
 
@@ -80,10 +87,21 @@ class SpacyTagger:
         self.nlp, self.Doc = spacy.load(model, disable=["parser", "ner", "lemmatizer"]), Doc
 
     def tag(self, words: Sequence[str]) -> List[Optional[str]]:
-        doc = self.Doc(self.nlp.vocab, words=list(words))
+        words = list(words)
+        if not words:
+            return []
+        doc = self.Doc(self.nlp.vocab, words=words)  # one space after each word (spaces default to True)
         for _, component in self.nlp.pipeline:
             doc = component(doc)
-        return [t.tag_ or None for t in doc]
+        tags = [t.tag_ or None for t in doc]
+        if len(tags) == len(words):
+            return tags
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        token_starts = [t.idx for t in doc]
+        return [tags[i] if i >= 0 else None for i in (bisect.bisect_right(token_starts, s) - 1 for s in starts)]
 
 
 class NltkTagger:
@@ -121,7 +139,9 @@ def make_tagger(source: str = "auto", lexicon: Optional[str] = None, spacy_model
             return build()
         except (ImportError, OSError, LookupError) as e:  # not installed, or its model/data missing
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip("* \n")), "model or data missing")
-            errors.append(f"{type(e).__name__}: {first}")
+            fix = re.search(r"nltk\.download\([^)]*\)", str(e))  # NLTK names the data to download
+            hint = f" (get it with: import nltk; {fix.group(0)})" if fix else ""
+            errors.append(f"{type(e).__name__}: {first}{hint}")
     if source != "auto":
         raise ValueError(f"--pos-source {source} is not available ({'; '.join(errors)})")
     logger.warning(
@@ -296,6 +316,11 @@ def main(args) -> dict:
     tags, pools = None, None
     if tagger is not None:
         tags = [tuple(tagger.tag(s) for s in ex) for ex in _common.progress(examples, total=n, desc="tagging")]
+        for i, (ex, tg) in enumerate(zip(examples, tags)):
+            for s, ts in zip(ex, tg):
+                if len(ts) != len(s):
+                    raise ValueError(f"POS source {tagger.name} gave {len(ts)} tags for the {len(s)} words "
+                                     f"of line {i + 1}: {' '.join(s)!r}")
         pools = PosPools.from_corpus([(s, t) for ex, tg in zip(examples, tags) for s, t in zip(ex, tg)])
         tagged = sum(t is not None for tg in tags for ts in tg for t in ts)
         total = sum(len(s) for ex in examples for s in ex)
