@@ -54,6 +54,53 @@ def teacher_forward_ms(data, args):
     return 1000 * statistics.mean(times)
 
 
+def step_times(data, args, rounds=5, batches=6):
+    """Milliseconds per batch of forward + loss + backward (no optimizer) in one process,
+    on the same batches, alternating label_smoothed_cross_entropy, word_kd (online teacher)
+    and the teacher's forward alone, ``rounds`` times after a warm-up round: medians."""
+    import torch
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import utils
+
+    cfg, task, model, word_kd = utils.build_in_process(
+        [data, *shlex.split(args.student_args), "--task", "translation_kd", "--teacher-path", args.teacher,
+         "--criterion", "word_kd", "--label-smoothing", "0.1", "--kd-alpha", "0.5",
+         "--max-tokens", str(args.max_tokens), "--cpu"]
+    )
+    ls = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_tokens=args.max_tokens, seed=1, num_workers=0
+    ).next_epoch_itr(shuffle=True)
+    samples = [s for _, s in zip(range(batches), itr)]
+    task.teacher.follow(torch.device("cpu"), torch.float32)
+    model.train()
+
+    def student(criterion):
+        for sample in samples:
+            loss, _, _ = criterion(model, sample)
+            loss.backward()
+        model.zero_grad()
+
+    def teacher():
+        for sample in samples:
+            task.teacher.logits(sample["net_input"])
+
+    jobs = {"label_smoothed_cross_entropy": lambda: student(ls), "word_kd": lambda: student(word_kd),
+            "teacher_forward": teacher}
+    times = {name: [] for name in jobs}
+    for r in range(rounds + 1):
+        for name, job in jobs.items():
+            t0 = time.perf_counter()
+            job()
+            if r > 0:  # round 0 warms up
+                times[name].append(1000 * (time.perf_counter() - t0) / len(samples))
+    words = sum(s["ntokens"] for s in samples) / len(samples)
+    return {name: statistics.median(v) for name, v in times.items()}, words
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("data", help="binarized data directory (fairseq-preprocess output)")
@@ -65,7 +112,20 @@ def main():
     parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
     parser.add_argument("--teacher-batches", type=int, default=20, help="batches timed for the teacher forward")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    parser.add_argument("--step-rounds", type=int, default=0,
+                        help="instead of fairseq-train runs: time forward+loss+backward of each criterion and "
+                        "the teacher's forward in one process, alternating, this many rounds (CPU)")
     args = parser.parse_args()
+    if args.step_rounds:
+        ms, words = step_times(args.data, args, rounds=args.step_rounds)
+        base, kd, t = ms["label_smoothed_cross_entropy"], ms["word_kd"], ms["teacher_forward"]
+        print(f"in one process, median of {args.step_rounds} alternating rounds, {words:.0f} target words a batch:")
+        print(f"label_smoothed_cross_entropy  {base:8.1f} ms/batch  {1000 * words / base:8.1f} words/s")
+        print(f"word_kd (online teacher)      {kd:8.1f} ms/batch  {1000 * words / kd:8.1f} words/s")
+        print(f"ratio word_kd / baseline      {base / kd:8.3f}")
+        print(f"overhead per batch            {kd - base:8.1f} ms")
+        print(f"teacher forward per batch     {t:8.1f} ms   (overhead / teacher forward = {(kd - base) / t:.2f})")
+        return
 
     ls = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
     kd = ["--task", "translation_kd", "--teacher-path", args.teacher, "--criterion", "word_kd",

@@ -50,7 +50,8 @@ def soft_targets(
         logits_T = [logits_T]
     probs_T = None
     for z_T in logits_T:
-        q_m = F.softmax(z_T.float() / temperature, dim=-1)  # N x V
+        z_T = z_T.float()
+        q_m = F.softmax(z_T if temperature == 1 else z_T / temperature, dim=-1)  # N x V
         probs_T = q_m if probs_T is None else probs_T + q_m
     probs_T = probs_T / len(logits_T)
     if topk <= 0 or topk >= probs_T.size(-1):

@@ -129,7 +129,10 @@ class TranslationKDTask(TranslationTask):
             sample: a batch; its ``soft_labels`` are used when present, else the
                 online teacher runs on ``sample["net_input"]``.
             model: the student, whose device and dtype the online teacher follows.
-            mask: B x T booleans, the positions to distill (non-pad targets).
+            mask: B x T booleans, the positions to distill (non-pad targets); None
+                (online teacher only) returns every position's row, B*T of them, with
+                the teacher's NLL summed over the non-pad ones (no row gathering: the
+                caller weights the rows, which is cheaper for a full-vocabulary teacher).
             temperature, topk: the criterion's options (see ``losses.soft_targets``).
 
         Returns:
@@ -147,9 +150,16 @@ class TranslationKDTask(TranslationTask):
             return None
         param = next(model.parameters())
         self.teacher.follow(param.device, param.dtype)
-        logits_T = [z[mask] for z in self.teacher.logits(sample["net_input"])]  # M x [N x V]
+        if mask is None:
+            logits_T = [z.view(-1, z.size(-1)) for z in self.teacher.logits(sample["net_input"])]  # M x [BT x V]
+            gold = sample["target"].reshape(-1)
+            weight = gold.ne(self.target_dictionary.pad())
+        else:
+            logits_T = [z[mask] for z in self.teacher.logits(sample["net_input"])]  # M x [N x V]
+            gold = sample["target"][mask]
+            weight = None
         probs_T, ids_T = losses.soft_targets(logits_T, temperature, topk)
-        gold = sample["target"][mask]
         probs_1 = probs_T if (temperature == 1 and ids_T is None) else losses.soft_targets(logits_T)[0]
-        teacher_nll = -probs_1.gather(-1, gold.unsqueeze(-1)).clamp_min(1e-30).log().sum()
+        nll = -probs_1.gather(-1, gold.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
+        teacher_nll = (nll if weight is None else nll * weight).sum()
         return probs_T, ids_T, teacher_nll
