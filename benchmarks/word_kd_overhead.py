@@ -64,8 +64,10 @@ def step_times(data, args, rounds=5, batches=6):
     sys.path.insert(0, os.path.join(REPO, "tests"))
     import utils
 
+    source = (["--soft-labels", args.soft_labels, "--kd-temperature", "10", "--kd-topk", "8"] if args.soft_labels
+              else ["--teacher-path", args.teacher])
     cfg, task, model, word_kd = utils.build_in_process(
-        [data, *shlex.split(args.student_args), "--task", "translation_kd", "--teacher-path", args.teacher,
+        [data, *shlex.split(args.student_args), "--task", "translation_kd", *source,
          "--criterion", "word_kd", "--label-smoothing", "0.1", "--kd-alpha", "0.5",
          "--max-tokens", str(args.max_tokens), "--cpu"]
     )
@@ -75,7 +77,8 @@ def step_times(data, args, rounds=5, batches=6):
         dataset=task.dataset("train"), max_tokens=args.max_tokens, seed=1, num_workers=0
     ).next_epoch_itr(shuffle=True)
     samples = [s for _, s in zip(range(batches), itr)]
-    task.teacher.follow(torch.device("cpu"), torch.float32)
+    if task.teacher is not None:
+        task.teacher.follow(torch.device("cpu"), torch.float32)
     model.train()
 
     def student(criterion):
@@ -88,8 +91,9 @@ def step_times(data, args, rounds=5, batches=6):
         for sample in samples:
             task.teacher.logits(sample["net_input"])
 
-    jobs = {"label_smoothed_cross_entropy": lambda: student(ls), "word_kd": lambda: student(word_kd),
-            "teacher_forward": teacher}
+    jobs = {"label_smoothed_cross_entropy": lambda: student(ls), "word_kd": lambda: student(word_kd)}
+    if task.teacher is not None:
+        jobs["teacher_forward"] = teacher
     times = {name: [] for name in jobs}
     for r in range(rounds + 1):
         for name, job in jobs.items():
@@ -104,7 +108,10 @@ def step_times(data, args, rounds=5, batches=6):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("data", help="binarized data directory (fairseq-preprocess output)")
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint sharing the target dictionary")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", help="teacher checkpoint sharing the target dictionary")
+    source.add_argument("--soft-labels", help="with --step-rounds: a soft-label store of DATA's train split "
+                        "(word_kd from the store, top-8, T 10, instead of an online teacher)")
     parser.add_argument("--updates", type=int, default=60, help="updates per run")
     parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each criterion")
@@ -118,14 +125,19 @@ def main():
     args = parser.parse_args()
     if args.step_rounds:
         ms, words = step_times(args.data, args, rounds=args.step_rounds)
-        base, kd, t = ms["label_smoothed_cross_entropy"], ms["word_kd"], ms["teacher_forward"]
+        base, kd = ms["label_smoothed_cross_entropy"], ms["word_kd"]
+        what = "soft-label store" if args.soft_labels else "online teacher"
         print(f"in one process, median of {args.step_rounds} alternating rounds, {words:.0f} target words a batch:")
         print(f"label_smoothed_cross_entropy  {base:8.1f} ms/batch  {1000 * words / base:8.1f} words/s")
-        print(f"word_kd (online teacher)      {kd:8.1f} ms/batch  {1000 * words / kd:8.1f} words/s")
+        print(f"word_kd ({what:16s})   {kd:8.1f} ms/batch  {1000 * words / kd:8.1f} words/s")
         print(f"ratio word_kd / baseline      {base / kd:8.3f}")
         print(f"overhead per batch            {kd - base:8.1f} ms")
-        print(f"teacher forward per batch     {t:8.1f} ms   (overhead / teacher forward = {(kd - base) / t:.2f})")
+        if "teacher_forward" in ms:
+            t = ms["teacher_forward"]
+            print(f"teacher forward per batch     {t:8.1f} ms   (overhead / teacher forward = {(kd - base) / t:.2f})")
         return
+    if args.teacher is None:
+        parser.error("--soft-labels needs --step-rounds")
 
     ls = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
     kd = ["--task", "translation_kd", "--teacher-path", args.teacher, "--criterion", "word_kd",

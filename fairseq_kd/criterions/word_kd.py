@@ -109,10 +109,10 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         """
         target = sample["target"]
         mask = target.ne(self.padding_idx)  # B x T, EOS included
-        # Online teacher with the gold term's log-probabilities at hand: score every
-        # row and zero the pads' (gathering the non-pad rows of B*T x V tensors
-        # costs more than the few pad rows).
-        all_rows = lprobs is not None and self.kd_student_temperature == 1 and "soft_labels" not in sample
+        # With the gold term's log-probabilities at hand, score every row and zero
+        # the pads' (gathering the non-pad rows of B*T x V tensors costs more than
+        # the few pad rows).
+        all_rows = lprobs is not None and self.kd_student_temperature == 1
         teacher = self.task.teacher_soft_targets(
             sample, model, None if all_rows else mask, temperature=self.kd_temperature, topk=self.kd_topk
         )
@@ -121,8 +121,6 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         probs_T, ids_T, teacher_nll = teacher
         if all_rows:
             lprobs_S, weight = lprobs, mask.view(-1)  # B*T x V, B*T
-        elif lprobs is not None and self.kd_student_temperature == 1:
-            lprobs_S, weight = lprobs[mask.view(-1)], None  # N x V
         else:
             logits_S = net_output[0][mask].float()  # N x V
             lprobs_S, weight = F.log_softmax(logits_S / self.kd_student_temperature, dim=-1), None

@@ -130,7 +130,7 @@ class TranslationKDTask(TranslationTask):
                 online teacher runs on ``sample["net_input"]``.
             model: the student, whose device and dtype the online teacher follows.
             mask: B x T booleans, the positions to distill (non-pad targets); None
-                (online teacher only) returns every position's row, B*T of them, with
+                returns every position's row, B*T of them, with
                 the teacher's NLL summed over the non-pad ones (no row gathering: the
                 caller weights the rows, which is cheaper for a full-vocabulary teacher).
             temperature, topk: the criterion's options (see ``losses.soft_targets``).
@@ -142,8 +142,11 @@ class TranslationKDTask(TranslationTask):
             this batch has no teacher (e.g. validation with a soft-label store).
         """
         if "soft_labels" in sample:
-            ids_T = sample["soft_labels"]["ids"][mask]  # N x K
-            logits_T = sample["soft_labels"]["logits"][mask]  # N x K
+            ids_T, logits_T = sample["soft_labels"]["ids"], sample["soft_labels"]["logits"]  # B x T x K
+            if mask is None:  # pad rows hold pad ids and zero logits: finite, weighted 0 by the caller
+                ids_T, logits_T = ids_T.view(-1, ids_T.size(-1)), logits_T.view(-1, logits_T.size(-1))
+            else:
+                ids_T, logits_T = ids_T[mask], logits_T[mask]  # N x K
             probs_T, ids_T = losses.topk_soft_targets(ids_T, logits_T, temperature, topk)
             return probs_T, ids_T, None
         if self.teacher is None:
