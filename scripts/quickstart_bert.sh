@@ -13,7 +13,7 @@
 #   TRAIN_SENTENCES=3000       first N training pairs used by every stage (0 = all 29,000)
 #   TEACHER_UPDATES=60 TEACHER_MAX_TOKENS=2048               C-MLM fine-tuning budget
 #   STUDENT_UPDATES=300 MAX_TOKENS=4096                      each student's budget
-# The defaults finish in about 15 minutes on 2 CPU cores; the dump dominates
+# The defaults take about 34 CPU-minutes (about 20 minutes on 2 idle cores)
 # (every sentence goes through the teacher PASSES times, source included).
 #   TOPK=8 PASSES=7 KD_ALPHA=0.5 KD_TEMPERATURE=10           the paper's IWSLT settings
 #   WORK=work_dirs/quickstart_bert                           where everything is written
