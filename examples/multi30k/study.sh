@@ -108,7 +108,9 @@ done
 # Test2016: sacreBLEU and chrF of every model in MODELS
 stamp "decoding test2016"
 {
-  echo "| model (Multi30k De-En, $TEACHER_UPDATES teacher / $STUDENT_UPDATES student updates, seed $SEED) | sacreBLEU | chrF |"
+  budget="$STUDENT_UPDATES student updates"
+  case " $MODELS " in *" teacher "*|*" word_kd "*|*" seq_kd "*) budget="$TEACHER_UPDATES teacher / $budget" ;; esac
+  echo "| model (Multi30k De-En, $budget, seed $SEED) | sacreBLEU | chrF |"
   echo "|---|---:|---:|"
   for m in $MODELS; do
     read -r b c < <(score "$m")
