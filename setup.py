@@ -38,6 +38,7 @@ setup(
         "torch>=2.1,<2.14",
         "numpy",
         "sacrebleu>=2.0",
+        "sacremoses",  # Moses (de)tokenization: recipes, detokenized BLEU
         "sentencepiece",
         "subword-nmt",
         "tokenizers",

@@ -11,6 +11,7 @@
 # usage: bash examples/multi30k/study.sh        (venv active; FAIRSEQ_KD_DATA=DIR for a local copy)
 #   TEACHER_UPDATES=800 STUDENT_UPDATES=600 MAX_TOKENS=4096   budgets (CPU defaults; a GPU run
 #                                                              wants e.g. 20000 / 10000)
+#   KD_ALPHA=0.5 KD_TEMPERATURE=1 KD_TOPK=0   the word_kd student's options
 #   WORK=work_dirs/multi30k_study    CPU=--cpu (set CPU= for a GPU)    SEED=1
 #   MODELS="baseline d2gpo teacher word_kd seq_kd"   what to train, in this order (the teacher-free
 #                                                    comparison first; a teacher-based student trains its teacher)
@@ -24,6 +25,9 @@ WORK=${WORK:-work_dirs/multi30k_study}
 CPU=${CPU---cpu}
 SEED=${SEED:-1}
 MODELS=${MODELS:-baseline d2gpo teacher word_kd seq_kd}
+KD_ALPHA=${KD_ALPHA:-0.5}
+KD_TEMPERATURE=${KD_TEMPERATURE:-1}
+KD_TOPK=${KD_TOPK:-0}
 PRIOR_FROM=${PRIOR_FROM:-bert}
 DATA=data-bin/multi30k_de_en
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
@@ -98,7 +102,8 @@ for m in $MODELS; do
     d2gpo) prior; train d2gpo "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion d2gpo --d2gpo-prior "$WORK/prior" \
       --label-smoothing 0.1 --d2gpo-alpha 0.1 --d2gpo-temperature 2 ;;
     word_kd) teacher; train word_kd "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd \
-      --teacher-path "$WORK/teacher/final.pt" --criterion word_kd --label-smoothing 0.1 --kd-alpha 0.5 --kd-temperature 1 ;;
+      --teacher-path "$WORK/teacher/final.pt" --criterion word_kd --label-smoothing 0.1 --kd-alpha "$KD_ALPHA" \
+      --kd-temperature "$KD_TEMPERATURE" --kd-topk "$KD_TOPK" ;;
     seq_kd) distilled; train seq_kd "$WORK/distill" "$STUDENT_UPDATES" "${STUDENT[@]}" \
       --criterion label_smoothed_cross_entropy --label-smoothing 0.1 ;;
     *) echo "study: unknown model $m" >&2; exit 2 ;;

@@ -44,6 +44,20 @@ def run_command(
         sys.exit(exit_code)
 
 
+def add_shard_arguments(parser: argparse.ArgumentParser, balance: str, parts: str) -> None:
+    """``--num-shards`` / ``--shard-id`` of the offline stages (see :mod:`fairseq_kd.data.shards`).
+
+    ``balance`` says what the shards are balanced by, ``parts`` where each writes its part.
+    """
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help=f"split the work into N contiguous shards balanced by {balance}; each writes a part "
+                        f"under {parts} and fairseq-kd-merge-shards OUT joins them (default: WORLD_SIZE under "
+                        "torchrun, SLURM_NTASKS under srun, else 1)")
+    parser.add_argument("--shard-id", type=int, default=None,
+                        help="which shard this process runs, 0..N-1 (default: RANK under torchrun, "
+                        "SLURM_PROCID under srun, else 0); the GPU is LOCAL_RANK / SLURM_LOCALID")
+
+
 def git_revision() -> Optional[str]:
     """The checkout's commit (with '-dirty' when modified), or None outside git."""
     try:

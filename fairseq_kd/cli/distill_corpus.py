@@ -547,6 +547,8 @@ def merge_parts(out: str, subset: str = "train", data: Optional[str] = None, rem
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._common import add_shard_arguments
+
     p = argparse.ArgumentParser(
         prog="fairseq-kd-distill-corpus",
         description="Decode a binarized split with an autoregressive teacher (or ensemble) and write "
@@ -575,13 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "data directory for training with validation (default: valid test; none with no value)")
     p.add_argument("--fp16", action="store_true", help="decode in half precision (GPU only)")
     p.add_argument("--cpu", action="store_true", help="decode on the CPU even when a GPU is there")
-    p.add_argument("--num-shards", type=int, default=None,
-                   help="split the work into N token-balanced contiguous shards; each writes a part under "
-                   "OUT/<subset>.parts/ and fairseq-kd-merge-shards OUT joins them (default: WORLD_SIZE "
-                   "under torchrun, SLURM_NTASKS under srun, else 1)")
-    p.add_argument("--shard-id", type=int, default=None,
-                   help="which shard this process runs, 0..N-1 (default: RANK under torchrun, "
-                   "SLURM_PROCID under srun, else 0); the GPU is LOCAL_RANK / SLURM_LOCALID")
+    add_shard_arguments(p, "source tokens", "OUT/<subset>.parts/")
     return p
 
 

@@ -49,7 +49,7 @@ import time
 import numpy as np
 import torch
 
-from ._common import progress, record_run, run_command
+from ._common import add_shard_arguments, progress, record_run, run_command
 
 logger = logging.getLogger("fairseq_kd.dump_soft_labels")
 
@@ -76,13 +76,7 @@ def get_parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp16", action="store_true", help="run the teacher in float16 (GPU)")
     precision.add_argument("--bf16", action="store_true", help="run the teacher in bfloat16")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
-    parser.add_argument("--num-shards", type=int, default=None,
-                        help="split the work into N contiguous shards balanced by source + target tokens; each "
-                             "writes a part under OUT.parts/ and fairseq-kd-merge-shards OUT joins them "
-                             "(default: WORLD_SIZE under torchrun, SLURM_NTASKS under srun, else 1)")
-    parser.add_argument("--shard-id", type=int, default=None,
-                        help="which shard this process dumps, 0..N-1 (default: RANK under torchrun, "
-                             "SLURM_PROCID under srun, else 0); the GPU is LOCAL_RANK / SLURM_LOCALID")
+    add_shard_arguments(parser, "source + target tokens", "OUT.parts/")
     return parser
 
 
