@@ -8,7 +8,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import utils  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # tests must pass with safe loading on
 
 
 @pytest.fixture(scope="session")

@@ -39,28 +39,19 @@ def _nat_common(args):
     args.dropout = getattr(args, "dropout", 0.3)
 
 
+def _sizes(args, dim, ffn, heads, layers):
+    """Encoder and decoder sizes as defaults (command-line values win)."""
+    for side in ("encoder", "decoder"):
+        for name, value in (("embed_dim", dim), ("ffn_embed_dim", ffn), ("attention_heads", heads), ("layers", layers)):
+            setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", value))
+
+
 def _iwslt_sizes(args):
-    # fairseq's transformer_iwslt_de_en
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 512)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 1024)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
-    args.encoder_layers = getattr(args, "encoder_layers", 6)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 512)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 1024)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
-    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    _sizes(args, 512, 1024, 4, 6)  # fairseq's transformer_iwslt_de_en
 
 
 def _wmt_sizes(args):
-    # Transformer-base (Vaswani et al. 2017), as in both papers' WMT'14 models
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 512)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 2048)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 8)
-    args.encoder_layers = getattr(args, "encoder_layers", 6)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 512)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 2048)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 8)
-    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    _sizes(args, 512, 2048, 8, 6)  # Transformer-base (Vaswani et al. 2017), as in both papers' WMT'14 models
 
 
 def _levt_early_exit(args):
