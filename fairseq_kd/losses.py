@@ -21,14 +21,25 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
+
+
+def softmax_(x: Tensor) -> Tensor:
+    """softmax over the last axis, written into ``x`` itself (float32/float64; returns x).
+
+    For a scratch buffer such as a teacher's fresh logits: no new N x V tensor
+    (on a CPU, filling a new one costs more than the softmax itself).
+    """
+    return torch.ops.aten._softmax.out(x, -1, False, out=x)
 
 
 def soft_targets(
     logits_T: Union[Tensor, Sequence[Tensor]],
     temperature: float = 1.0,
     topk: int = 0,
+    overwrite: bool = False,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Teacher distribution q from full-vocabulary logits (one model or an ensemble).
 
@@ -37,6 +48,9 @@ def soft_targets(
         temperature: T; each model's q_m = softmax(z_m / T).
         topk: K > 0 keeps the K most probable words of the (averaged) q and
             renormalizes over them; 0 keeps the whole vocabulary.
+        overwrite: the logits are scratch (e.g. fresh from the teacher's forward)
+            and are turned into probabilities in place when float32 (other
+            dtypes are copied to float32 either way, and the copy is reused).
 
     Returns:
         (probs_T, ids_T): N x K probabilities summing to 1 and their N x K word
@@ -50,14 +64,51 @@ def soft_targets(
         logits_T = [logits_T]
     probs_T = None
     for z_T in logits_T:
+        scratch = overwrite or z_T.dtype != torch.float32  # a float32 copy is ours as well
         z_T = z_T.float()
-        q_m = F.softmax(z_T if temperature == 1 else z_T / temperature, dim=-1)  # N x V
-        probs_T = q_m if probs_T is None else probs_T + q_m
-    probs_T = probs_T / len(logits_T)
+        if scratch:
+            q_m = softmax_(z_T if temperature == 1 else z_T.div_(temperature))  # N x V
+        else:
+            q_m = F.softmax(z_T if temperature == 1 else z_T / temperature, dim=-1)  # N x V
+        probs_T = q_m if probs_T is None else probs_T.add_(q_m)
+    if len(logits_T) > 1:
+        probs_T /= len(logits_T)
     if topk <= 0 or topk >= probs_T.size(-1):
         return probs_T, None
     probs_T, ids_T = probs_T.topk(topk, dim=-1)  # N x K, sorted descending
     return probs_T / probs_T.sum(-1, keepdim=True), ids_T
+
+
+def teacher_targets(
+    logits_T: Union[Tensor, Sequence[Tensor]],
+    gold: Tensor,
+    temperature: float = 1.0,
+    topk: int = 0,
+    overwrite: bool = False,
+) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    """``soft_targets`` plus the teacher's own NLL of the gold words.
+
+    Args:
+        logits_T, temperature, topk, overwrite: as for :func:`soft_targets`.
+        gold: N gold word ids.
+
+    Returns:
+        (probs_T, ids_T, nll_T): as ``soft_targets``, and N values
+        -log q_1(gold) of the teacher (an ensemble's averaged probabilities) at
+        temperature 1 and full vocabulary, whatever T and K are.
+    """
+    if isinstance(logits_T, Tensor):
+        logits_T = [logits_T]
+    index = gold.unsqueeze(-1)
+    if temperature == 1 and topk <= 0:  # q itself is the temperature-1 distribution
+        probs_T, ids_T = soft_targets(logits_T, overwrite=overwrite)
+        gold_probs = probs_T.gather(-1, index).squeeze(-1)
+    else:  # p_m(gold) = exp(z_gold - logsumexp z), before the logits are overwritten
+        gold_probs = sum(
+            (z.float().gather(-1, index).squeeze(-1) - torch.logsumexp(z.float(), dim=-1)).exp() for z in logits_T
+        ) / len(logits_T)
+        probs_T, ids_T = soft_targets(logits_T, temperature, topk, overwrite=overwrite)
+    return probs_T, ids_T, -gold_probs.clamp_min(1e-30).log()
 
 
 def topk_soft_targets(
@@ -114,8 +165,116 @@ def argmax_agreement(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] 
 
     With ``ids_T`` (top-K, sorted descending) the teacher's argmax is ids_T[:, 0].
     """
-    argmax_T = ids_T[:, 0] if ids_T is not None else probs_T.argmax(-1)
-    return lprobs_S.argmax(-1) == argmax_T
+    return lprobs_S.argmax(-1) == teacher_argmax(probs_T, ids_T)
+
+
+def teacher_argmax(probs_T: Tensor, ids_T: Optional[Tensor] = None) -> Tensor:
+    """N ids: the teacher's most probable word (ids_T[:, 0] for a top-K teacher, sorted descending)."""
+    return ids_T[:, 0] if ids_T is not None else probs_T.argmax(-1)
+
+
+class _GoldAndKDCrossEntropy(torch.autograd.Function):
+    """Forward and backward of :func:`gold_and_kd_cross_entropy` (see there)."""
+
+    @staticmethod
+    def forward(ctx, logits_S, target, probs_T, ids_T, weight, gold_weight, kd_weight, epsilon):
+        V = logits_S.size(-1)
+        max_S = logits_S.amax(-1)  # N
+        probs_S = torch.softmax(logits_S, dim=-1)  # N x V, the only new N x V tensor
+        # log-sum-exp from the softmax: log p_j = z_j - lse at the argmax j, where p_j >= 1/V
+        lse = max_S - probs_S.amax(-1).log()
+        # the student agrees when the teacher's argmax word has the student's largest logit
+        argmax_T = teacher_argmax(probs_T, ids_T)
+        agree = logits_S.gather(-1, argmax_T.unsqueeze(-1)).squeeze(-1).ge(max_S) & weight.bool()
+        nll = lse - logits_S.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        eps_i = epsilon / (V - 1)
+        smooth = V * lse - logits_S.sum(-1)  # - sum_v log p_v
+        if ids_T is None:  # q . z row by row, without an N x V product
+            qz = torch.bmm(probs_T.unsqueeze(1), logits_S.unsqueeze(2)).view(-1)
+        else:
+            qz = (probs_T * logits_S.gather(-1, ids_T)).sum(-1)
+        kd = lse - qz  # - sum_v q_v log p_v, as sum_v q_v = 1
+        gold = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+        loss = (weight * (gold_weight * gold + kd_weight * kd)).sum()
+        ctx.probs_S = probs_S  # reused in place by the first backward
+        ctx.save_for_backward(logits_S, target, probs_T, ids_T, weight)
+        ctx.coefficients = (gold_weight, kd_weight, 1.0 - epsilon - eps_i, eps_i)
+        nll_sum, kd_sum = (weight * nll).sum(), (weight * kd).sum()
+        ctx.mark_non_differentiable(nll_sum, kd_sum, agree)
+        return loss, nll_sum, kd_sum, agree
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, *_):
+        logits_S, target, probs_T, ids_T, weight = ctx.saved_tensors
+        gold_weight, kd_weight, gold_coef, eps_i = ctx.coefficients
+        mass = gold_weight + kd_weight
+        # d loss_n / d z_n = mass * p - kd_weight * q - gold_weight * (eps_i + gold_coef * onehot(gold)),
+        # written into the softmax buffer divided by mass, then scaled row by row.
+        grad, ctx.probs_S = ctx.probs_S, None
+        if grad is None:  # a second backward through the graph (retain_graph=True)
+            grad = torch.softmax(logits_S, dim=-1)
+        if kd_weight:
+            if ids_T is None:
+                grad.add_(probs_T, alpha=-kd_weight / mass)
+            else:
+                grad.scatter_add_(-1, ids_T, probs_T * (-kd_weight / mass))
+        if gold_weight:
+            if eps_i:
+                grad.sub_(gold_weight * eps_i / mass)
+            grad.scatter_add_(
+                -1, target.unsqueeze(-1), grad.new_full((grad.size(0), 1), -gold_weight * gold_coef / mass)
+            )
+        grad.mul_((weight * (grad_loss * mass)).unsqueeze(-1))
+        return grad, None, None, None, None, None, None, None
+
+
+def gold_and_kd_cross_entropy(
+    logits_S: Tensor,
+    target: Tensor,
+    probs_T: Tensor,
+    ids_T: Optional[Tensor],
+    weight: Tensor,
+    alpha: float,
+    epsilon: float,
+    kd_scale: float = 1.0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Label-smoothed NLL and word-level KD of one student distribution, fused.
+
+    Args:
+        logits_S: N x V student logits z (float32; the student's temperature is 1).
+        target: N gold word ids.
+        probs_T: N x V teacher probabilities q, or N x K with ``ids_T``; each row sums to 1.
+        ids_T: N x K word ids of a top-K teacher, or None.
+        weight: N floats, 1 for a position to score and 0 for a pad.
+        alpha: the KD weight; epsilon: fairseq's label smoothing.
+        kd_scale: a factor on the KD term (T^2 for Hinton et al.'s scaling).
+
+    Returns:
+        (loss, nll, kd, agree): the scalar
+        sum_n weight_n [(1 - alpha) LS_n + alpha * kd_scale * KD_n], with
+        LS_n = (1 - eps - eps_i) NLL_n + eps_i sum_v -log p_nv, eps_i = eps / (V - 1)
+        (fairseq's ``label_smoothed_nll_loss``) and KD_n = -sum_v q_nv log p_nv
+        (``kd_cross_entropy``); the weighted sums of NLL_n and KD_n (detached); and
+        N booleans, the student's most probable word is the teacher's (at weight-1 rows;
+        ``argmax_agreement``).
+
+    The same numbers as ``interpolate(label_smoothed_nll_loss(log_softmax(z)), kd_cross_entropy(...))``
+    at a fraction of the memory traffic: the loss is one cross-entropy against the
+    mixed target (1 - alpha) LS-onehot + alpha q, so the gradient is p - target row
+    by row, written into the softmax buffer, and the only N x V tensor created is
+    that softmax (no log-probabilities, no q * log p product, no gradient buffers).
+    """
+    return _GoldAndKDCrossEntropy.apply(
+        logits_S,
+        target,
+        probs_T.to(logits_S.dtype),
+        ids_T,
+        weight.to(logits_S.dtype),
+        1.0 - alpha,
+        alpha * kd_scale,
+        epsilon,
+    )
 
 
 def interpolate(loss_gold: Tensor, loss_kd: Tensor, alpha: float) -> Tensor:

@@ -36,15 +36,17 @@ def test_alpha_zero_equals_label_smoothed_cross_entropy(tiny_data, tiny_teacher)
     assert log_kd["kd_loss"].item() > 0  # logged even when unweighted by alpha
 
 
-def test_loss_matches_direct_computation(tiny_data, tiny_teacher):
+@pytest.mark.parametrize("T_S,K", [(1.5, 5), (1.0, 0), (1.0, 5)])  # the last two take the fused path
+def test_loss_matches_direct_computation(tiny_data, tiny_teacher, T_S, K):
     """(1-a)*LS + a*T^2*sum_t H(q_t, p_t) with top-K, temperatures, computed by hand."""
-    alpha, T, T_S, K = 0.3, 2.0, 1.5, 5
+    alpha, T = 0.3, 2.0
     cfg, task, model, criterion = _in_process(
         tiny_data, tiny_teacher, "--kd-alpha", str(alpha), "--kd-temperature", str(T),
         "--kd-student-temperature", str(T_S), "--kd-topk", str(K), "--kd-t2-scaling",
     )
     sample = utils.first_batch(task)
     model.eval()
+    assert criterion.fused_kd(model, sample) == (T_S == 1.0)
     loss, _, logs = criterion(model, sample)
 
     target = sample["target"]
@@ -53,9 +55,12 @@ def test_loss_matches_direct_computation(tiny_data, tiny_teacher):
         z_S = model(**sample["net_input"])[0][mask]
         z_T = task.teacher.models[0](**sample["net_input"])[0][mask]
         q = F.softmax(z_T / T, dim=-1)
-        q_top, ids = q.topk(K, dim=-1)
-        q_top = q_top / q_top.sum(-1, keepdim=True)
-        kd = -(q_top * F.log_softmax(z_S / T_S, dim=-1).gather(-1, ids)).sum() * T * T
+        if K:
+            q_top, ids = q.topk(K, dim=-1)
+            q_top = q_top / q_top.sum(-1, keepdim=True)
+            kd = -(q_top * F.log_softmax(z_S / T_S, dim=-1).gather(-1, ids)).sum() * T * T
+        else:
+            kd = -(q * F.log_softmax(z_S / T_S, dim=-1)).sum() * T * T
         lprobs = F.log_softmax(z_S, dim=-1)
         nll = -lprobs.gather(-1, target[mask].unsqueeze(-1)).sum()
         eps = 0.1 / (lprobs.size(-1) - 1)
@@ -66,6 +71,29 @@ def test_loss_matches_direct_computation(tiny_data, tiny_teacher):
     assert logs["teacher_nll"].item() == pytest.approx(teacher_nll.item(), rel=1e-5)
     assert logs["teacher_agree"] == int((z_S.argmax(-1) == z_T.argmax(-1)).sum())
     assert logs["kd_tokens"] == int(mask.sum()) == sample["ntokens"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--kd-topk", "4", "--kd-temperature", "3"]])
+def test_fused_path_gives_the_unfused_loss_logs_and_gradients(tiny_data, tiny_teacher, extra):
+    cfg, task, model, criterion = _in_process(tiny_data, tiny_teacher, "--kd-alpha", "0.6", *extra)
+    sample = utils.first_batch(task)
+    model.eval()
+    results = []
+    for fused in (True, False):
+        criterion.fused_kd = lambda model, sample, fused=fused: fused
+        model.zero_grad()
+        loss, sample_size, logs = criterion(model, sample)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.item(), sample_size, logs, grads))
+    (loss_f, size_f, logs_f, grads_f), (loss_u, size_u, logs_u, grads_u) = results
+    assert loss_f == pytest.approx(loss_u, rel=1e-5) and size_f == size_u
+    for key in ("nll_loss", "kd_loss", "teacher_nll"):
+        assert float(logs_f[key]) == pytest.approx(float(logs_u[key]), rel=1e-5), key
+    for key in ("kd_tokens", "teacher_agree", "ntokens", "nsentences"):
+        assert logs_f[key] == logs_u[key], key
+    for g_f, g_u in zip(grads_f, grads_u):
+        assert torch.allclose(g_f, g_u, rtol=1e-4, atol=1e-6)
 
 
 def test_teacher_is_frozen_and_not_part_of_the_student(tiny_data, tiny_teacher):

@@ -13,6 +13,11 @@ Normalization follows fairseq's autoregressive criterions: both terms are sums
 over target tokens and ``sample_size = ntokens``. With alpha = 0 the loss is
 exactly ``label_smoothed_cross_entropy``'s.
 
+When the student's temperature is 1 (the default) the two terms are computed
+together by ``losses.gold_and_kd_cross_entropy``: one softmax of the student's
+logits, the gradient written into it, no log-probability or q * log p tensors
+(BENCHMARKS.md 1); other settings take the plain two-term path.
+
 The teacher comes from the task (``--task translation_kd``): an online teacher
 (``--teacher-path``) or a soft-label store (``--soft-labels``). A batch with
 no teacher (validation with a store) is scored on the gold loss alone.
@@ -85,6 +90,8 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
+        if reduce and self.fused_kd(model, sample):
+            return self.forward_fused(model, net_output, sample)
         # The gold term's log-probabilities, computed once: the KD term reuses them
         # when the student's temperature is 1 (one log-softmax over B x T x V less).
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
@@ -98,6 +105,41 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
             loss = losses.interpolate(loss, kd_loss, self.kd_alpha)
             logging_output["loss"] = loss.data
             logging_output.update(kd_logs)
+        self.log_accuracy(model, net_output, sample, logging_output)
+        return loss, sample_size, logging_output
+
+    def fused_kd(self, model, sample) -> bool:
+        """Whether this batch takes the fused path (``losses.gold_and_kd_cross_entropy``):
+        a teacher and alpha > 0, the student's temperature 1, no ignored prefix, and
+        logits the student normalizes with a plain softmax (no adaptive softmax)."""
+        return (
+            self.kd_alpha > 0
+            and self.kd_student_temperature == 1
+            and self.ignore_prefix_size == 0
+            and getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is None
+            and self.task.has_teacher(sample)
+        )
+
+    def forward_fused(self, model, net_output, sample):
+        """The same loss and logs as the unfused path, in one pass over the student's
+        logits: no log-probabilities, no q * log p product, no extra gradient buffers."""
+        target = sample["target"].reshape(-1)
+        weight = target.ne(self.padding_idx)  # EOS included
+        probs_T, ids_T, teacher_nll = self.task.teacher_soft_targets(
+            sample, model, None, temperature=self.kd_temperature, topk=self.kd_topk
+        )
+        logits_S = net_output[0]
+        kd_scale = self.kd_temperature**2 if self.kd_t2_scaling else 1.0
+        loss, nll_loss, kd_loss, agree = losses.gold_and_kd_cross_entropy(
+            logits_S.view(-1, logits_S.size(-1)).float(), target, probs_T, ids_T, weight,
+            self.kd_alpha, self.eps, kd_scale,
+        )
+        sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
+        logging_output.update(
+            kd_loss=(kd_loss * kd_scale).data, kd_tokens=int(weight.sum()), teacher_agree=int(agree.sum())
+        )
+        if teacher_nll is not None:
+            logging_output["teacher_nll"] = teacher_nll.data
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 

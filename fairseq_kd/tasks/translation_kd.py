@@ -161,8 +161,7 @@ class TranslationKDTask(TranslationTask):
             logits_T = [z[mask] for z in self.teacher.logits(sample["net_input"])]  # M x [N x V]
             gold = sample["target"][mask]
             weight = None
-        probs_T, ids_T = losses.soft_targets(logits_T, temperature, topk)
-        probs_1 = probs_T if (temperature == 1 and ids_T is None) else losses.soft_targets(logits_T)[0]
-        nll = -probs_1.gather(-1, gold.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30).log()
+        # the logits are this call's own: q is written over them
+        probs_T, ids_T, nll = losses.teacher_targets(logits_T, gold, temperature, topk, overwrite=True)
         teacher_nll = (nll if weight is None else nll * weight).sum()
         return probs_T, ids_T, teacher_nll

@@ -127,9 +127,8 @@ class TranslationLevKDTask(TranslationLevenshteinTask):
         tgt = self.tgt_dict
         net_input = teacher_net_input(sample, tgt.bos(), tgt.eos(), tgt.pad())
         mask_T = mask[:, 1:]  # NAT position j <- teacher step j - 1
-        logits_T = [z[mask_T] for z in self.teacher.logits(net_input)]  # M x [N x V]
-        probs_T, ids_T = losses.soft_targets(logits_T, temperature, topk)
-        gold = sample["target"][mask]
-        probs_1 = probs_T if (temperature == 1 and ids_T is None) else losses.soft_targets(logits_T)[0]
-        teacher_nll = -probs_1.gather(-1, gold.unsqueeze(-1)).clamp_min(1e-30).log().sum()
-        return probs_T, ids_T, teacher_nll
+        logits_T = [z[mask_T] for z in self.teacher.logits(net_input)]  # M x [N x V], this call's own
+        probs_T, ids_T, nll = losses.teacher_targets(
+            logits_T, sample["target"][mask], temperature, topk, overwrite=True
+        )
+        return probs_T, ids_T, nll.sum()
