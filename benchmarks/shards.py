@@ -4,7 +4,7 @@ run at once (then fairseq-kd-merge-shards), and whether the merge equals the
 single-process store.
 
 usage: python benchmarks/shards.py [DATA TEACHER.pt] [--shards 2] [--subset train]
-           [--topk 8] [--passes 7] [--max-tokens 8192] [--threads 1] [--out DIR] [--cpu]
+           [--topk 8] [--passes 7] [--max-tokens 8192] [--sort-window 250] [--threads 1] [--out DIR] [--cpu]
            [--tiny] [--tiny-sentences 2000]
 
   DATA TEACHER  WordPiece data binarized with --joined-dictionary and a conditional_mlm
@@ -54,7 +54,7 @@ def dump_args(args, out):
     extra = ["--cpu"] if args.cpu else []
     return [command("fairseq-kd-dump-soft-labels"), args.data, "--path", args.teacher, "--subset", args.subset,
             "--topk", str(args.topk), "--passes", str(args.passes), "--max-tokens", str(args.max_tokens),
-            "--out", out, *extra]
+            "--sort-window", str(args.sort_window), "--out", out, *extra]
 
 
 def start(cmd, threads):
@@ -85,6 +85,8 @@ def main():
     p.add_argument("--topk", type=int, default=8)
     p.add_argument("--passes", type=int, default=7)
     p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--sort-window", type=int, default=250,
+                   help="the dump's --sort-window (default: 250, so a 1,000-sentence split has 4 blocks to share)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process (default: 1)")
     p.add_argument("--cpu", action="store_true", help="pass --cpu to the dumps")
     p.add_argument("--tiny", action="store_true", help="use the tiny fallback even when the quickstart is there")
@@ -135,7 +137,8 @@ def main():
 
     total = wall_shards + wall_merge
     print(f"data: {source} ({args.subset}: {sentences} sentences, {tokens} target tokens); "
-          f"--topk {args.topk} --passes {args.passes} --max-tokens {args.max_tokens}; "
+          f"--topk {args.topk} --passes {args.passes} --max-tokens {args.max_tokens} "
+          f"--sort-window {args.sort_window}; "
           f"OMP_NUM_THREADS={args.threads} per process; {os.cpu_count()} CPUs; "
           f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print()

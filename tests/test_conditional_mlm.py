@@ -1,5 +1,7 @@
 """tasks/conditional_mlm.py: C-MLM masking invariants, the [CLS] src [SEP] tgt [SEP]
 layout, and a few real fine-tuning updates through fairseq-train."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,27 @@ def test_a_few_cmlm_updates_lower_the_masked_loss_and_report_accuracy(bert_task,
     valid = [r for r in logs if "valid_accuracy" in r]
     assert valid and 0 <= float(valid[-1]["valid_accuracy"]) <= 100
     assert "imported BERT from" in proc.stdout + proc.stderr
+
+
+def test_half_precision_cmlm_training_on_cpu(bert_task, tmp_path):
+    """fairseq's --fp16 optimizer needs CUDA; --memory-efficient-fp16 runs the same
+    float16 model (dynamic loss scaling) on a CPU: the C-MLM's masks, attention and
+    output layer must stay finite in half precision and the masked loss must fall."""
+    bert_dir, data_bin = bert_task
+    save = tmp_path / "teacher"
+    proc = utils.train_bert_teacher(data_bin, bert_dir, str(save), max_update=40,
+                                    extra=["--memory-efficient-fp16"])
+    logs = utils.json_logs(proc.stdout + proc.stderr)
+    inner = [r for r in logs if "loss" in r and "num_updates" in r]
+    losses = [float(r["loss"]) for r in inner]
+    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.3
+    assert all("loss_scale" in r for r in inner)  # fairseq's fp16 loss scaler was in use
+    valid = [r for r in logs if "valid_accuracy" in r]
+    assert valid and math.isfinite(float(valid[-1]["valid_loss"]))
+    from fairseq_kd import checkpoint
+
+    state = checkpoint.load(str(save / "checkpoint_last.pt"))
+    assert state["cfg"]["common"]["memory_efficient_fp16"]  # (fairseq saves the weights cast to float32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fairseq's --fp16 training needs a GPU")

@@ -175,15 +175,15 @@ def test_check_parts_golden_messages():
 
 # ------------------------------------------------------ soft-label stores
 ARRAYS = ("ids", "logits", "offsets")
+STORE_BATCHING = ("--max-tokens", "300", "--sort-window", "16")
 
 
 def _dump(bert, out, *extra, teacher=None):
-    """fairseq-kd-dump-soft-labels in this process (the same dump() the command runs).
-    ``--max-tokens 1``: one sentence a forward, so a sentence's logits do not depend
-    on which sentences share its batch and shards must equal one process exactly."""
+    """fairseq-kd-dump-soft-labels in this process (the same dump() the command runs),
+    batching several sentences a forward within blocks of 16 sentences."""
     args = dump_soft_labels.get_parser().parse_args(
         [bert["bin"], "--path", teacher or bert["teacher"], "--out", str(out), "--cpu", "--topk", "4",
-         "--passes", "3", "--max-tokens", "1", *extra])
+         "--passes", "3", *STORE_BATCHING, *extra])
     return dump_soft_labels.dump(args)
 
 
@@ -224,7 +224,11 @@ def test_store_shards_merged_equal_one_process(store_runs, tiny_bert):
     assert names == [f"part-0000{i}-of-00003" for i in range(3)]  # no work folder left
     headers = [_header(parts / n) for n in names]
     src_tgt, tgt = _split_sizes(tiny_bert)
-    assert [h["sentence_range"] for h in headers] == [list(shards.shard_range(src_tgt, 3, i)) for i in range(3)]
+    assert [h["sentence_range"] for h in headers] == [list(shards.shard_range(src_tgt, 3, i, 16))
+                                                       for i in range(3)]
+    assert all(h["sentence_range"][0] % 16 == 0 for h in headers)  # shards start at sort-window blocks
+    batches = dump_soft_labels.make_batches(src_tgt - tgt, tgt, 3, 300, 16)
+    assert max(len(b) for b in batches) > 1  # sentences share forwards: equality below is not trivial
     assert [(h["shard_id"], h["num_shards"]) for h in headers] == [(0, 3), (1, 3), (2, 3)]
     bounds = np.concatenate([[0], np.cumsum(tgt)])
     assert [h["token_range"] for h in headers] == [[int(bounds[a]), int(bounds[b])]
@@ -250,20 +254,31 @@ def test_store_shards_merged_equal_one_process(store_runs, tiny_bert):
     SoftLabelStore(str(store_runs / "three")).check(task.load_pair_dataset("train"), task.target_dictionary)
 
 
-def test_store_shards_with_multi_sentence_batches_match_one_process(tiny_bert, tmp_path):
-    """With sentences batched together a shard's batches differ from one process's:
-    the same ids and offsets, logits within float rounding (see the command's docstring)."""
-    extra = ("--max-tokens", "300")
+def test_store_shards_with_larger_windows_equal_one_process_bit_for_bit(tiny_bert, tmp_path):
+    """Two shards with the default batch size and blocks of 40 sentences: every sentence
+    meets the same batch partners as in one process, so the logits are equal, not close."""
+    extra = ("--max-tokens", "8192", "--sort-window", "40")
     _dump(tiny_bert, tmp_path / "one", *extra)
     for i in range(2):
         _dump(tiny_bert, tmp_path / "two", "--num-shards", "2", "--shard-id", str(i), *extra)
+    starts = [_header(tmp_path / "two.parts" / f"part-0000{i}-of-00002")["sentence_range"][0] for i in range(2)]
+    assert starts[0] == 0 and starts[1] in (40, 80)
     merge_shards.merge(str(tmp_path / "two"), remove_parts=True)
     merged, single = _arrays(tmp_path / "two"), _arrays(tmp_path / "one")
-    assert np.array_equal(merged["offsets"], single["offsets"]) and np.array_equal(merged["ids"], single["ids"])
-    np.testing.assert_allclose(merged["logits"].astype(np.float32), single["logits"].astype(np.float32),
-                               rtol=2e-3, atol=1e-3)
+    for name in ARRAYS:
+        assert np.array_equal(merged[name], single[name]), name
     assert _header(tmp_path / "two") == _header(tmp_path / "one")
     assert not (tmp_path / "two.parts").exists()  # --remove-parts
+
+
+def test_make_batches_keep_to_their_window_and_budget():
+    src, tgt = np.array([5, 1, 4, 2, 3, 9, 1, 1]), np.array([3, 3, 3, 3, 3, 3, 3, 3])
+    batches = dump_soft_labels.make_batches(src, tgt, 0, 60, 4)  # --passes 0: 3 rows a sentence
+    for b in batches:
+        assert len({int(i) // 4 for i in b}) == 1  # one window
+    # by length 1+src+tgt within a window: 1 (5), 3 (6), 2 (8), 0 (9) | 6 (5), 7 (5), 4 (7), 5 (13);
+    # cost = rows x longest <= 60: [1, 3] = 6 x 6, [2, 0] = 6 x 9, [6, 7] = 6 x 5, then 9 x 7 > 60 ...
+    assert [b.tolist() for b in batches] == [[1, 3], [2, 0], [6, 7], [4], [5]]
 
 
 def _store_parts_copy(src_parts, dst):
@@ -328,14 +343,18 @@ def test_killed_store_shard_resumes_and_replaces_only_its_part(store_runs, tiny_
     parts = tmp_path / "out.parts"
     before = {p: os.stat(parts / p / "header.json").st_mtime_ns for p in os.listdir(parts)}
     proc = utils.run([utils.command("fairseq-kd-dump-soft-labels"), tiny_bert["bin"], "--path", tiny_bert["teacher"],
-                      "--out", str(out), "--cpu", "--topk", "4", "--passes", "3", "--max-tokens", "1",
-                      "--num-shards", "3", "--shard-id", "2"], env={"FAIRSEQ_KD_DUMP_KILL_AFTER": "3"}, check=False)
+                      "--out", str(out), "--cpu", "--topk", "4", "--passes", "3", *STORE_BATCHING,
+                      "--num-shards", "3", "--shard-id", "2"], env={"FAIRSEQ_KD_DUMP_KILL_AFTER": "2"}, check=False)
     assert proc.returncode == -9
     work = parts / ".part-00002-of-00003.tmp"
-    assert np.load(work / "done.npy").sum() == 3  # 3 one-sentence batches flagged
+    flagged = int(np.load(work / "done.npy").sum())
+    start, end = _header(parts / "part-00002-of-00003")["sentence_range"]
+    src_tgt, tgt = _split_sizes(tiny_bert)
+    first_two = dump_soft_labels.make_batches((src_tgt - tgt)[start:end], tgt[start:end], 3, 300, 16)[:2]
+    assert flagged == sum(len(b) for b in first_two) < end - start  # the first 2 batches flagged
     assert os.stat(parts / "part-00002-of-00003" / "header.json").st_mtime_ns == before["part-00002-of-00003"]
     summary = _dump(tiny_bert, out, "--num-shards", "3", "--shard-id", "2")
-    assert summary["resumed_sentences"] == 3 and summary["path"] == str(parts / "part-00002-of-00003")
+    assert summary["resumed_sentences"] == flagged and summary["path"] == str(parts / "part-00002-of-00003")
     after = {p: os.stat(parts / p / "header.json").st_mtime_ns for p in os.listdir(parts)}
     assert sorted(after) == sorted(before)  # the work folder is gone
     assert after["part-00000-of-00003"] == before["part-00000-of-00003"]

@@ -48,3 +48,20 @@ def test_check_cover_names_gaps_and_overlaps():
         shards.check_cover([("a", 0, 5), ("b", 4, 9)], 9)
     with pytest.raises(ValueError, match=r"sentences 5\.\.8 are in no part \(missing shard after a\)"):
         shards.check_cover([("a", 0, 5)], 9)
+
+
+def test_granularity_puts_boundaries_at_the_nearest_block():
+    # 10 sentences in blocks of 3: [0,3) 30 tokens, [3,6) 3, [6,9) 30, [9,10) 1; total 64
+    sizes = [10, 10, 10, 1, 1, 1, 10, 10, 10, 1]
+    # halves: 32 tokens; block boundaries hold 0, 30, 33, 63, 64 tokens before them: 33 is nearest
+    assert shards.shard_bounds(sizes, 2, granularity=3).tolist() == [0, 6, 10]
+    # thirds: 21.3 -> 30 (boundary 3), 42.7 -> 33 (boundary 6)
+    assert shards.shard_bounds(sizes, 3, granularity=3).tolist() == [0, 3, 6, 10]
+    assert shards.shard_range(sizes, 3, 2, granularity=3) == (6, 10)
+    # more shards than blocks: some are empty, starts stay multiples of 3, everything covered once
+    bounds = shards.shard_bounds(sizes, 6, granularity=3)
+    assert bounds[0] == 0 and bounds[-1] == 10 and all(b % 3 == 0 for b in bounds[:-1])
+    assert all(a <= b for a, b in zip(bounds, bounds[1:]))
+    assert shards.shard_bounds(sizes, 4, granularity=1).tolist() == shards.shard_bounds(sizes, 4).tolist()
+    with pytest.raises(ValueError, match="granularity"):
+        shards.shard_bounds(sizes, 2, granularity=0)

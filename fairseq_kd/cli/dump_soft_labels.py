@@ -28,12 +28,12 @@ others are kept). ``fairseq-kd-merge-shards OUT`` checks that the parts cover
 the split exactly once with the same K, passes, dictionary, split and teacher,
 and writes the store OUT with the same header and arrays as one process.
 
-The merged arrays equal a single-process dump's exactly when the teacher's
-numbers do not depend on which sentences share a forward (e.g.
-``--max-tokens 1``: one sentence a forward). With larger batches a sentence
-meets other partners in a shard than in one process, and float rounding
-(padding length, matrix shapes) can move a logit by a float16 step; ids
-and offsets are unaffected unless two logits tie within that step.
+Batches are formed within blocks of ``--sort-window`` consecutive sentences
+(sorted by length inside a block) and shards start at block boundaries, so
+every sentence is scored in the same batch, with the same padding, in a shard
+as in one process: the merged arrays equal a single-process dump's bit for bit
+(same ``--max-tokens``, ``--sort-window``, device and precision). The price is
+granularity: shards are balanced to within a block.
 
 (Testing hook: with FAIRSEQ_KD_DUMP_KILL_AFTER=N in the environment, the
 process SIGKILLs itself after N batches are flagged done, having written the
@@ -70,6 +70,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory of the store")
     parser.add_argument("--max-tokens", type=int, default=8192,
                         help="tokens per forward, all masked copies counted, padding included (default: 8192)")
+    parser.add_argument("--sort-window", type=int, default=1000,
+                        help="sort sentences by length and batch them within blocks of this many consecutive "
+                        "sentences; shards start at block boundaries, which makes a merged sharded dump "
+                        "bit-identical to one process's (default: 1000)")
     parser.add_argument("--source-lang", default=None, help="source language (default: inferred from DATA)")
     parser.add_argument("--target-lang", default=None, help="target language (default: inferred from DATA)")
     precision = parser.add_mutually_exclusive_group()
@@ -116,18 +120,27 @@ def load_teacher(path, data, source_lang=None, target_lang=None):
     return model, task
 
 
-def make_batches(src_sizes, tgt_sizes, passes, max_tokens):
-    """Deterministic batches of sentence indices, sorted by length; a batch's
-    cost is its rows (all masked copies) times its longest [CLS] src tgt."""
+def make_batches(src_sizes, tgt_sizes, passes, max_tokens, window):
+    """Deterministic batches of sentence indices: within each block of ``window``
+    consecutive sentences, sorted by length, cut where a batch's cost (its rows,
+    all masked copies, times its longest [CLS] src tgt) would pass ``max_tokens``.
+
+    No batch crosses a block boundary, and shards start at block boundaries
+    (``shard_range(..., granularity=window)``), so a sentence meets the same
+    batch partners in a shard as in one process: the teacher's numbers, and the
+    merged store, are bit-identical to a single-process dump.
+    """
     from ..tasks.conditional_mlm import num_passes
 
     src_sizes, tgt_sizes = np.asarray(src_sizes), np.asarray(tgt_sizes)
     length = 1 + src_sizes + tgt_sizes
-    order = np.lexsort((np.arange(len(length)), length))  # by length, then index
+    index = np.arange(len(length))
+    block = index // window
+    order = np.lexsort((index, length, block))  # by block, then length, then index
     batches, current, rows, longest = [], [], 0, 0
     for i in order:
         n = num_passes(int(tgt_sizes[i]), passes)
-        if current and (rows + n) * max(longest, int(length[i])) > max_tokens:
+        if current and (block[i] != block[current[0]] or (rows + n) * max(longest, int(length[i])) > max_tokens):
             batches.append(np.array(current, dtype=np.int64))
             current, rows, longest = [], 0, 0
         current.append(int(i))
@@ -204,7 +217,9 @@ def dump(args) -> dict:
     sizes = soft_labels.target_sizes(dataset)
     src_sizes = np.asarray(dataset.src_sizes, dtype=np.int64)
     # Shards are balanced by source + target tokens: every masked copy reads both.
-    start, end = shard_range(src_sizes + sizes, shard.num_shards, shard.shard_id)
+    if args.sort_window < 1:
+        raise ValueError(f"--sort-window must be >= 1, got {args.sort_window}")
+    start, end = shard_range(src_sizes + sizes, shard.num_shards, shard.shard_id, granularity=args.sort_window)
     too_long = start + np.nonzero(1 + src_sizes[start:end] + sizes[start:end] > model.max_total_positions)[0]
     if len(too_long):
         raise ValueError(
@@ -228,8 +243,9 @@ def dump(args) -> dict:
     if resumed:
         logger.info(f"resuming {path}: {resumed} of {end - start} sentences already written")
     offsets = np.asarray(store["offsets"])  # from 0 at sentence ``start``
-    # Batches of local indices j (sentence start + j), made from this range only.
-    batches = make_batches(src_sizes[start:end], sizes[start:end], args.passes, args.max_tokens)
+    # Batches of local indices j (sentence start + j); ``start`` is a multiple of the
+    # window, so these are the batches one process forms for the same sentences.
+    batches = make_batches(src_sizes[start:end], sizes[start:end], args.passes, args.max_tokens, args.sort_window)
     kill_after = int(os.environ.get("FAIRSEQ_KD_DUMP_KILL_AFTER", "-1"))
     done_now, tokens_now, t0 = 0, 0, time.time()
     for batch in progress(batches, total=len(batches), desc=what, unit="batch"):

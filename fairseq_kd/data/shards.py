@@ -22,30 +22,48 @@ class Shard(NamedTuple):
     local_rank: int  # which GPU of this node (0 without a launcher)
 
 
-def shard_bounds(sizes: Sequence[int], num_shards: int) -> np.ndarray:
+def shard_bounds(sizes: Sequence[int], num_shards: int, granularity: int = 1) -> np.ndarray:
     """num_shards + 1 sentence boundaries b with shard i = [b[i], b[i+1]).
 
     Boundary k (0 < k < N) is the first sentence whose cumulative token count
     (itself included) reaches k/N of the total, so every shard holds about
     total/N tokens. Contiguous, in order, covering every sentence once; a
     shard may be empty when there are fewer sentences than shards.
+
+    With ``granularity`` G > 1 the split is cut into blocks of G sentences
+    (the last may be shorter) and boundary k is the block boundary nearest to
+    k/N of the tokens: shard starts are multiples of G, so a stage that
+    batches within blocks forms the same batches in every shard as in one
+    process.
     """
     if num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if granularity < 1:
+        raise ValueError(f"the shard granularity must be >= 1 sentence, got {granularity}")
     sizes = np.asarray(sizes, dtype=np.int64)
+    n = len(sizes)
+    if granularity > 1:  # the block boundary nearest to each k/N of the tokens
+        blocks = np.add.reduceat(sizes, np.arange(0, n, granularity)) if n else sizes
+        before = np.concatenate([[0], np.cumsum(blocks)])  # tokens before block b, b = 0..blocks
+        targets = before[-1] * np.arange(1, num_shards) / num_shards
+        hi = np.searchsorted(before, targets, side="left")
+        lo = np.maximum(hi - 1, 0)
+        nearest = np.where(targets - before[lo] <= before[np.minimum(hi, len(blocks))] - targets, lo, hi)
+        bounds = np.maximum.accumulate(np.concatenate([[0], nearest, [len(blocks)]]).astype(np.int64))
+        return np.minimum(bounds * granularity, n)
     cum = np.cumsum(sizes)
     total = int(cum[-1]) if len(cum) else 0
     targets = total * np.arange(1, num_shards) / num_shards
     inner = np.searchsorted(cum, targets, side="left") + 1 if total else np.zeros(num_shards - 1, np.int64)
-    bounds = np.concatenate([[0], np.minimum(inner, len(sizes)), [len(sizes)]]).astype(np.int64)
+    bounds = np.concatenate([[0], np.minimum(inner, n), [n]]).astype(np.int64)
     return np.maximum.accumulate(bounds)
 
 
-def shard_range(sizes: Sequence[int], num_shards: int, shard_id: int) -> Tuple[int, int]:
-    """(start, end) sentence range of shard ``shard_id`` of ``num_shards``."""
+def shard_range(sizes: Sequence[int], num_shards: int, shard_id: int, granularity: int = 1) -> Tuple[int, int]:
+    """(start, end) sentence range of shard ``shard_id`` of ``num_shards`` (see :func:`shard_bounds`)."""
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"--shard-id must be in [0, {num_shards}), got {shard_id}")
-    bounds = shard_bounds(sizes, num_shards)
+    bounds = shard_bounds(sizes, num_shards, granularity)
     return int(bounds[shard_id]), int(bounds[shard_id + 1])
 
 
