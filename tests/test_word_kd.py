@@ -120,6 +120,31 @@ def test_teacher_follows_student_dtype(tiny_data, tiny_teacher):
     assert next(task.teacher.models[0].parameters()).dtype == torch.bfloat16
 
 
+def test_half_precision_fused_path(tiny_data, tiny_teacher, tmp_path):
+    """float16 student and teacher (fairseq-train --memory-efficient-fp16 runs them on a CPU;
+    --fp16's optimizer needs CUDA): the fused loss in float32 over half logits, finite
+    gradients, and training that lowers the loss."""
+    cfg, task, model, criterion = _in_process(tiny_data, tiny_teacher, "--kd-alpha", "0.5")
+    sample = utils.first_batch(task)
+    model.eval()
+    loss_32 = criterion(model, sample)[0].item()
+    model = model.half()
+    assert criterion.fused_kd(model, sample)
+    loss_16, _, logs = criterion(model, sample)
+    assert loss_16.dtype == torch.float32 and next(task.teacher.models[0].parameters()).dtype == torch.float16
+    assert loss_16.item() == pytest.approx(loss_32, rel=2e-2)
+    loss_16.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float16 and torch.isfinite(g).all() for g in grads)
+
+    proc = utils.train(tiny_data, str(tmp_path / "student"), max_update=30,
+                       criterion=[*KD_ARGS, "--kd-alpha", "0.5"],
+                       extra=["--teacher-path", tiny_teacher, "--memory-efficient-fp16"])
+    records = [r for r in utils.json_logs(proc.stdout + proc.stderr) if "kd_loss" in r and "loss_scale" in r]
+    assert len(records) >= 2 and all(math.isfinite(float(r["kd_loss"])) for r in records)
+    assert float(records[-1]["loss"]) < float(records[0]["loss"])
+
+
 def test_ensemble_averages_teacher_probabilities(tiny_data, tiny_teacher, tiny_teacher2):
     cfg, task, model, criterion = _in_process(tiny_data, f"{tiny_teacher}:{tiny_teacher2}")
     assert len(task.teacher) == 2
