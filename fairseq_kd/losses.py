@@ -27,11 +27,14 @@ Tensor = torch.Tensor
 
 
 def softmax_(x: Tensor) -> Tensor:
-    """softmax over the last axis, written into ``x`` itself (float32/float64; returns x).
+    """softmax over the last axis of a scratch buffer such as a teacher's fresh logits.
 
-    For a scratch buffer such as a teacher's fresh logits: no new N x V tensor
-    (on a CPU, filling a new one costs more than the softmax itself).
+    On a CPU it is written into ``x`` itself (float32/float64; returns x): filling a
+    new N x V tensor costs more there than the softmax. Elsewhere (where the
+    caching allocator makes a new tensor cheap) a new tensor is returned.
     """
+    if x.device.type != "cpu":
+        return F.softmax(x, dim=-1)
     return torch.ops.aten._softmax.out(x, -1, False, out=x)
 
 
