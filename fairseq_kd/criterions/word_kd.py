@@ -26,10 +26,7 @@ from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from fairseq.criterions import register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import (
-    LabelSmoothedCrossEntropyCriterionConfig,
-    label_smoothed_nll_loss,
-)
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 from fairseq.logging import metrics
 
 from .. import losses
@@ -92,14 +89,9 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         net_output = model(**sample["net_input"])
         if reduce and self.fused_kd(model, sample):
             return self.forward_fused(model, net_output, sample)
-        # The gold term's log-probabilities, computed once: the KD term reuses them
-        # when the student's temperature is 1 (one log-softmax over B x T x V less).
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        loss, nll_loss = label_smoothed_nll_loss(
-            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
-        )
+        loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
         sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
-        kd = self.compute_kd(model, net_output, sample, lprobs if self.ignore_prefix_size == 0 else None)
+        kd = self.compute_kd(model, net_output, sample)
         if kd is not None:
             kd_loss, kd_logs = kd
             loss = losses.interpolate(loss, kd_loss, self.kd_alpha)
@@ -143,33 +135,21 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
-    def compute_kd(self, model, net_output, sample, lprobs=None):
-        """Summed KD term and its unweighted logs, or None without a teacher.
-
-        ``lprobs``: the student's (B*T) x V log-probabilities at temperature 1 when
-        already computed (the gold term's), reused when ``--kd-student-temperature`` is 1.
-        """
+    def compute_kd(self, model, net_output, sample):
+        """Summed KD term and its unweighted logs, or None without a teacher (the
+        unfused path: any student temperature, ignored prefixes, adaptive softmax)."""
         target = sample["target"]
         mask = target.ne(self.padding_idx)  # B x T, EOS included
-        # With the gold term's log-probabilities at hand, score every row and zero
-        # the pads' (gathering the non-pad rows of B*T x V tensors costs more than
-        # the few pad rows).
-        all_rows = lprobs is not None and self.kd_student_temperature == 1
         teacher = self.task.teacher_soft_targets(
-            sample, model, None if all_rows else mask, temperature=self.kd_temperature, topk=self.kd_topk
+            sample, model, mask, temperature=self.kd_temperature, topk=self.kd_topk
         )
         if teacher is None:
             return None
         probs_T, ids_T, teacher_nll = teacher
-        if all_rows:
-            lprobs_S, weight = lprobs, mask.view(-1)  # B*T x V, B*T
-        else:
-            logits_S = net_output[0][mask].float()  # N x V
-            lprobs_S, weight = F.log_softmax(logits_S / self.kd_student_temperature, dim=-1), None
+        logits_S = net_output[0][mask].float()  # N x V
+        lprobs_S = F.log_softmax(logits_S / self.kd_student_temperature, dim=-1)
         kd = losses.kd_cross_entropy(lprobs_S, probs_T, ids_T)
         agree = losses.argmax_agreement(lprobs_S.detach(), probs_T, ids_T)
-        if weight is not None:
-            kd, agree = kd * weight, agree & weight
         kd_loss = kd.sum()
         if self.kd_t2_scaling:
             kd_loss = kd_loss * self.kd_temperature**2
