@@ -72,6 +72,68 @@ def test_masks_are_deterministic_per_seed_and_epoch(bert_task):
     assert not all(torch.equal(a, b) for a, b in zip(ep1, ep2))
 
 
+def _masks_by_epoch(task, split, epochs=3, num_workers=1):
+    """{sentence id: [mask of epoch 1, 2, ...]}, read the way fairseq-train reads
+    the data: trainer.get_train_iterator asks the task for an iterator at each
+    epoch (the task may hand back a cached one) and takes its next epoch, with
+    DataLoader workers (fairseq-train's default --num-workers is 1)."""
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    masks = {}
+    epoch_itr = None
+    for epoch in range(1, epochs + 1):
+        epoch_itr = task.get_batch_iterator(
+            dataset=dataset, max_tokens=400, seed=1, num_workers=num_workers, epoch=epoch
+        )
+        assert epoch_itr.next_epoch_idx == epoch
+        for batch in epoch_itr.next_epoch_itr(shuffle=True):
+            is_masked = batch["net_input"]["tgt_tokens"].eq(task.mask_idx)
+            assert torch.equal(batch["net_input"]["positions"], is_masked)
+            for b, i in enumerate(batch["id"].tolist()):
+                masks.setdefault(i, []).append(tuple(is_masked[b].nonzero().flatten().tolist()))
+    return masks
+
+
+@pytest.mark.parametrize("num_workers", [1, 0])
+def test_training_masks_change_every_epoch_with_dataloader_workers(bert_task, num_workers):
+    bert_dir, data_bin = bert_task
+    _, task, _, _ = build(data_bin, bert_dir)
+    masks = _masks_by_epoch(task, "train", num_workers=num_workers)
+    assert len(masks) == len(task.dataset("train")) and all(len(m) == 3 for m in masks.values())
+    # With fresh masks, a sentence keeps the same mask in two epochs rarely
+    # (mostly one-slot masks of short targets); with stale ones, always.
+    same = sum(m[0] == m[1] for m in masks.values()) + sum(m[1] == m[2] for m in masks.values())
+    assert same < 0.3 * 2 * len(masks), same
+
+
+def test_valid_masks_are_fixed_across_epochs(bert_task):
+    bert_dir, data_bin = bert_task
+    _, task, _, _ = build(data_bin, bert_dir)
+    masks = _masks_by_epoch(task, "valid")
+    assert masks and all(m[0] == m[1] == m[2] for m in masks.values())
+
+
+def test_model_scores_masked_slots_only_with_the_stock_criterion(bert_task):
+    """The N x V logits of the masked slots give the loss and accuracy that
+    B x T x V logits over every slot give."""
+    bert_dir, data_bin = bert_task
+    _, task, model, criterion = build(data_bin, bert_dir, ["--report-accuracy"])
+    model.eval()
+    batch = all_batches(task)[0]
+    loss, size, logs = criterion(model, batch)
+    full_input = {k: v for k, v in batch["net_input"].items() if k != "positions"}
+    logits_all = model(**full_input)[0]
+    assert logits_all.dim() == 3 and model(**batch["net_input"])[0].shape == (size, logits_all.size(-1))
+    lprobs = torch.log_softmax(logits_all.float(), -1)
+    target = batch["target"]
+    keep = target.ne(task.target_dictionary.pad())
+    nll = -lprobs[keep].gather(-1, target[keep].unsqueeze(-1)).sum()
+    assert size == batch["ntokens"] == int(keep.sum())
+    assert logs["nll_loss"].item() == pytest.approx(nll.item(), rel=1e-5)
+    assert logs["n_correct"] == int(lprobs[keep].argmax(-1).eq(target[keep]).sum())
+    assert logs["nsentences"] == target.size(0)
+
+
 def test_draw_mask_redraws_until_something_is_masked():
     np.random.seed(0)
     for length in (1, 2, 5):

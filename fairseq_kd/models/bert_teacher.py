@@ -390,6 +390,15 @@ class BertTeacherModel(BertEncoderModel):
             h = h[positions]  # N x H
         return self.output_projection(self.transform(h)), {}
 
+    def get_targets(self, sample, net_output):
+        """The gold words of the scored slots. With ``positions`` (C-MLM
+        batches) the logits are N x V for the masked slots in row-major order,
+        which are exactly the non-pad entries of the B x T target."""
+        target = sample["target"]
+        if net_output[0].dim() == 2:
+            return target[target.ne(self.pad)]
+        return target
+
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         logits = net_output[0].float()
         return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)

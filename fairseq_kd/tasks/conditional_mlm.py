@@ -9,11 +9,16 @@ p(y_t | x, y_{\\t}) from the source and both sides of the target:
 
 Each target slot (the final one included, which learns </s>) is masked with
 probability ``--mask-prob`` and always replaced by [MASK]; a sentence with no
-masked slot is redrawn. Masks are a deterministic function of (seed, epoch,
-sentence index). A batch's ``target`` holds the gold word at masked slots and
-<pad> elsewhere, and ``ntokens`` counts masked slots, so fairseq's stock
+masked slot is redrawn. Training masks are a deterministic function of (seed,
+epoch, sentence index) and change every epoch, as in the paper's code (which
+draws a fresh mask whenever it sees a sentence); every other split (valid) is
+masked once, from (seed, sentence index), so its masked-token loss and accuracy
+compare across epochs and runs. A batch's ``target`` holds the gold word at
+masked slots and <pad> elsewhere, ``net_input["positions"]`` marks the masked
+slots (the model projects only those onto the vocabulary, about 15% of the
+slots) and ``ntokens`` counts them, so fairseq's stock
 ``label_smoothed_cross_entropy --report-accuracy`` gives the masked-token loss
-and accuracy:
+and accuracy (logged on valid as ``accuracy``):
 
     fairseq-train DATA --user-dir fairseq_kd --task conditional_mlm \\
         --arch bert_teacher_base --bert-path DIR \\
@@ -66,11 +71,19 @@ def num_passes(length: int, passes: int) -> int:
 
 
 class ConditionalMaskedDataset(BaseWrapperDataset):
-    """Wraps a LanguagePairDataset; batches become C-MLM inputs and targets."""
+    """Wraps a LanguagePairDataset; batches become C-MLM inputs and targets.
 
-    def __init__(self, dataset, mask_idx: int, mask_prob: float, seed: int):
+    ``per_epoch`` (the training split): masks are drawn from (seed, epoch,
+    index). Such a dataset must not let fairseq reuse its epoch iterator:
+    a reused iterator keeps its DataLoader workers, whose copies of the dataset
+    never see ``set_epoch``, so with ``--num-workers`` >= 1 every epoch would
+    repeat the first epoch's masks. Otherwise (valid, test) the masks are fixed:
+    drawn from (seed, 0, index) whatever the epoch."""
+
+    def __init__(self, dataset, mask_idx: int, mask_prob: float, seed: int, per_epoch: bool = True):
         super().__init__(dataset)
         self.mask_idx, self.mask_prob, self.seed = mask_idx, mask_prob, seed
+        self.per_epoch = per_epoch
         self.epoch = 1
 
     def set_epoch(self, epoch):
@@ -79,11 +92,12 @@ class ConditionalMaskedDataset(BaseWrapperDataset):
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):
-        return True  # masks are drawn in __getitem__, per epoch
+        # Per-epoch masks: a fresh iterator (and fresh workers) each epoch.
+        return not self.per_epoch
 
     def __getitem__(self, index):
         item = self.dataset[index]
-        with data_utils.numpy_seed(self.seed, self.epoch, index):
+        with data_utils.numpy_seed(self.seed, self.epoch if self.per_epoch else 0, index):
             item["cmlm_mask"] = torch.from_numpy(draw_mask(len(item["target"]), self.mask_prob))
         return item
 
@@ -102,6 +116,7 @@ class ConditionalMaskedDataset(BaseWrapperDataset):
             "src_tokens": batch["net_input"]["src_tokens"],
             "src_lengths": batch["net_input"]["src_lengths"],
             "tgt_tokens": target.masked_fill(mask, self.mask_idx),
+            "positions": mask,  # score the masked slots only
         }
         batch["target"] = target.masked_fill(~mask, pad)  # loss on masked slots only
         batch["ntokens"] = int(mask.sum())
@@ -131,5 +146,6 @@ class ConditionalMLMTask(TranslationTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         self.datasets[split] = ConditionalMaskedDataset(
-            self.datasets[split], self.mask_idx, self.cfg.mask_prob, self.cfg.seed
+            self.datasets[split], self.mask_idx, self.cfg.mask_prob, self.cfg.seed,
+            per_epoch=split == self.cfg.train_subset,
         )
