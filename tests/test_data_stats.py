@@ -3,8 +3,10 @@ import gzip
 import json
 import math
 import os
+import random
 import re
 
+import numpy as np
 import pytest
 
 import utils
@@ -114,3 +116,143 @@ def test_beam_distilled_multi30k_is_less_complex(tmp_path):
     assert result["real"]["sentences"] == result["distilled"]["sentences"] == 2000
     assert result["distilled"]["complexity"] < result["real"]["complexity"]
     assert result["faithfulness"] > 0
+
+
+# ------------------------------------------------ streamed EM against the in-memory reference
+# The previous implementation of fairseq_kd.data.alignment (every (sentence, i, j) row of the
+# corpus in memory at once), copied here as the reference the streamed, chunked EM must equal.
+def _reference_em(src, tgt, iterations):
+    s_vocab, t_vocab = {A.NULL: 0}, {}
+    s_ids, t_ids, i_pos, j_pos, sent = [], [], [], [], []
+    for k, (s, t) in enumerate(zip(src, tgt)):
+        if not t:
+            continue
+        s_idx = np.array([0] + [s_vocab.setdefault(w, len(s_vocab)) for w in s], dtype=np.int64)
+        t_idx = np.array([t_vocab.setdefault(w, len(t_vocab)) for w in t], dtype=np.int64)
+        m, n = len(s_idx), len(t_idx)
+        s_ids.append(np.tile(s_idx, n))
+        t_ids.append(np.repeat(t_idx, m))
+        i_pos.append(np.tile(np.arange(-1, m - 1), n))
+        j_pos.append(np.repeat(np.arange(n), m))
+        sent.append(np.full(m * n, k))
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    s_ids, t_ids, i_pos, j_pos, sent = map(cat, (s_ids, t_ids, i_pos, j_pos, sent))
+    n_src, n_tgt = len(s_vocab), max(len(t_vocab), 1)
+    new_group = np.r_[len(s_ids) > 0, (sent[1:] != sent[:-1]) | (j_pos[1:] != j_pos[:-1])]
+    group = np.cumsum(new_group) - 1
+    n_groups = int(new_group.sum())
+    pairs, pair_index = np.unique(s_ids * n_tgt + t_ids, return_inverse=True)
+    pair_src = pairs // n_tgt
+    tau = np.ones(len(pairs))
+    for _ in range(iterations):
+        prob = tau[pair_index]
+        posterior = prob / np.bincount(group, weights=prob, minlength=n_groups)[group]
+        counts = np.bincount(pair_index, weights=posterior, minlength=len(pairs))
+        totals = np.bincount(pair_src, weights=counts, minlength=n_src)
+        tau = counts / np.maximum(totals[pair_src], 1e-300)
+    names_s = {i: w for w, i in s_vocab.items()}
+    names_t = {i: w for w, i in t_vocab.items()}
+    table = {(names_s[int(p) // n_tgt], names_t[int(p) % n_tgt]): float(v) for p, v in zip(pairs, tau)}
+    links = [[] for _ in src]
+    if n_groups:
+        prob = tau[pair_index]
+        best = np.full(n_groups, -np.inf)
+        np.maximum.at(best, group, prob)
+        is_best = prob >= best[group]
+        _, first = np.unique(group[is_best], return_index=True)
+        rows = np.flatnonzero(is_best)[first]
+        for k, i, j in zip(sent[rows].tolist(), i_pos[rows].tolist(), j_pos[rows].tolist()):
+            if i >= 0:
+                links[k].append((i, j))
+    return table, [sorted(a) for a in links]
+
+
+def _reference_align(src, tgt, iterations, symmetrize):
+    forward = _reference_em(src, tgt, iterations)[1]
+    if symmetrize == "none":
+        return forward
+    backward = A.invert(_reference_em(tgt, src, iterations)[1])
+    if symmetrize == "intersect":
+        return [sorted(set(f) & set(b)) for f, b in zip(forward, backward)]
+    return [A.grow_diag_final_and(f, b, len(s), len(t)) for f, b, s, t in zip(forward, backward, src, tgt)]
+
+
+def _random_corpus(seed, n, vocab=6, max_len=6):
+    """Small vocabularies and short sentences, so that tied probabilities are common; empty sentences too."""
+    rng = random.Random(seed)
+    sentence = lambda side: [f"{side}{rng.randrange(vocab)}" for _ in range(rng.randrange(max_len))]  # noqa: E731
+    return [sentence("s") for _ in range(n)], [sentence("t") for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_streamed_em_equals_the_in_memory_reference(seed):
+    """Tables and links bit for bit, for any chunk size, one sentence a chunk included."""
+    src, tgt = _random_corpus(seed, 40)
+    table = _reference_em(src, tgt, 4)[0]
+    for chunk_rows in (1, 9, 64, A.DEFAULT_CHUNK_ROWS):
+        assert A.translation_table(src, tgt, 4, chunk_rows=chunk_rows) == table
+        for symmetrize in A.SYMMETRIZE:
+            assert A.align(src, tgt, 4, symmetrize, chunk_rows=chunk_rows) == _reference_align(src, tgt, 4, symmetrize)
+
+
+def test_rows_held_at_once_never_exceed_chunk_rows(monkeypatch):
+    """The bound on memory: no more than chunk_rows alignment rows at a time, however long the
+    corpus (here 10x longer), while a single in-memory pass would hold all of them."""
+    held = []
+    rows_class = A._Rows
+
+    def counting_rows(*args, **kwargs):
+        rows = rows_class(*args, **kwargs)
+        held.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(A, "_Rows", counting_rows)
+    src, tgt = _random_corpus(0, 30)
+    total = sum((len(s) + 1) * len(t) for s, t in zip(src, tgt))
+    for scale in (1, 10):
+        held.clear()
+        links = A.align(src * scale, tgt * scale, 3, chunk_rows=40)
+        assert links == _reference_align(src * scale, tgt * scale, 3, "grow-diag-final-and")
+        assert 0 < max(held) <= 40 < total and sum(held) > scale * total  # many chunks, each bounded
+
+
+def test_cli_streams_text_files_and_equals_the_reference(tmp_path):
+    """The command on text files (tiny chunks, subword joining, --max-sentences) gives the
+    reference alignments' C and F."""
+    src, real = _random_corpus(5, 60)
+    dist = [t[:2] for t in real]
+    bpe = lambda s: " ".join(w[:1] + "@@ " + w[1:] if len(w) > 1 else w for w in s)  # noqa: E731
+    for name, corpus in (("src", src), ("real", real), ("dist", dist)):
+        (tmp_path / name).write_text("".join(bpe(s) + "\n" for s in corpus))
+    out = tmp_path / "stats.json"
+    S.cli_main(["--source", str(tmp_path / "src"), "--target", str(tmp_path / "real"),
+                "--distilled", str(tmp_path / "dist"), "--max-sentences", "50", "--iterations", "3",
+                "--chunk-rows", "17", "--out", str(out)])
+    result = json.loads(out.read_text())
+    src, real, dist = src[:50], real[:50], dist[:50]
+    counts = {}
+    for name, tgt in (("real", real), ("distilled", dist)):
+        links = _reference_align(src, tgt, 3, "grow-diag-final-and")
+        counts[name] = A.link_counts(src, tgt, links)
+        assert result[name]["complexity"] == pytest.approx(S.complexity(counts[name]), rel=1e-12, abs=1e-12)
+        assert result[name]["sentences"] == 50
+        assert result[name]["links"] == sum(map(len, links))
+        assert result[name]["source_tokens"] == sum(map(len, src))
+        assert result[name]["target_tokens"] == sum(map(len, tgt))
+    assert result["faithfulness"] == pytest.approx(S.faithfulness(counts["real"], counts["distilled"]), rel=1e-12)
+
+
+def test_distill_json_without_source_lang_is_a_one_line_error(tmp_path):
+    (tmp_path / "train.en.gold").write_text("x\n")
+    (tmp_path / "train.en").write_text("x\n")
+    meta = tmp_path / "distill.train.json"
+    meta.write_text(json.dumps({"subset": "train", "target_lang": "en"}))
+    out = tmp_path / "stats.json"
+    proc = utils.run([utils.command("fairseq-kd-data-stats"), str(tmp_path), "--out", str(out)], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("fairseq-kd-data-stats: error: ")
+    assert str(meta) in errors[0] and '"source_lang"' in errors[0] and "target_lang\" field" not in errors[0]
+    assert "add it" in errors[0] and "--source" in errors[0]  # the fixes
+    assert not out.exists()

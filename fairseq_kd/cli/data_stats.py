@@ -25,6 +25,10 @@ d give word-translation distributions
 Each corpus is aligned on itself (``fairseq_kd.data.alignment``: IBM Model 1
 by EM, both directions, grow-diag-final-and by default), as fast_align is
 used in the paper. Words are the whitespace tokens after ``--remove-bpe``.
+The text files are streamed, read again for every EM iteration: memory grows
+with the vocabularies and the co-occurring word pairs, not with the number of
+sentences (``--chunk-rows`` bounds the alignment rows held at once;
+BENCHMARKS.md section 6).
 
     fairseq-kd-data-stats DIR --subset train          # a fairseq-kd-distill-corpus output
     fairseq-kd-data-stats --source train.de --target train.en [--distilled train.distilled.en]
@@ -34,7 +38,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..data import alignment
 
@@ -94,34 +98,61 @@ def faithfulness(real: Counts, distilled: Counts, smoothing: float = 0.01, avera
 
 
 # ------------------------------------------------------------------ input
-def read_corpus(path: str, remove_bpe: str = "none", lowercase: bool = False, limit: int = 0) -> List[List[str]]:
-    from fairseq.data.data_utils import post_process
+class TextCorpus:
+    """The sentences (lists of words) of a text file, one a line, read again on every
+    iteration: a corpus for :mod:`fairseq_kd.data.alignment` that is never held in memory.
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    sentences = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    remove_bpe: fairseq's ``post_process`` symbol ("subword_nmt", "sentencepiece") or
+    "none"; limit: only the first ``limit`` lines (0: all).
+    """
+
+    def __init__(self, path: str, remove_bpe: str = "none", lowercase: bool = False, limit: int = 0):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"corpus file not found: {path}")
+        self.path, self.remove_bpe, self.lowercase, self.limit = path, remove_bpe, lowercase, limit
+        self._len: Optional[int] = None
+
+    def _lines(self) -> Iterator[str]:
+        with open(self.path, encoding="utf-8") as f:
+            for n, line in enumerate(f):
+                if self.limit and n >= self.limit:
+                    break
+                yield line
+
+    def __iter__(self) -> Iterator[List[str]]:
+        from fairseq.data.data_utils import post_process
+
+        for line in self._lines():
             line = line.rstrip("\n")
-            if remove_bpe != "none":
-                line = post_process(line, remove_bpe)
-            sentences.append((line.lower() if lowercase else line).split())
-            if limit and len(sentences) >= limit:
-                break
-    return sentences
+            if self.remove_bpe != "none":
+                line = post_process(line, self.remove_bpe)
+            yield (line.lower() if self.lowercase else line).split()
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self._lines())
+        return self._len
 
 
-def corpus_stats(src, tgt, iterations: int, symmetrize: str, average: str):
-    """(link counts, {C, sentences, source/target tokens, aligned source types, links})."""
-    links = alignment.align(src, tgt, iterations=iterations, symmetrize=symmetrize)
-    counts = alignment.link_counts(src, tgt, links)
+def corpus_stats(src, tgt, iterations: int, symmetrize: str, average: str,
+                 chunk_rows: int = alignment.DEFAULT_CHUNK_ROWS):
+    """(link counts, {C, sentences, source/target tokens, aligned source types, links}),
+    streaming the corpora (see :mod:`fairseq_kd.data.alignment`)."""
+    counts: Counts = {}
+    sentences = source_tokens = target_tokens = links = 0
+    for s, t, a in alignment.iter_align(src, tgt, iterations, symmetrize, chunk_rows):
+        alignment.add_links(counts, s, t, a)
+        sentences += 1
+        source_tokens += len(s)
+        target_tokens += len(t)
+        links += len(a)
     return counts, {
         "complexity": complexity(counts, average),
-        "sentences": len(src),
-        "source_tokens": sum(map(len, src)),
-        "target_tokens": sum(map(len, tgt)),
+        "sentences": sentences,
+        "source_tokens": source_tokens,
+        "target_tokens": target_tokens,
         "aligned_source_types": len(alignment.aligned_source_types(counts)),
-        "links": sum(map(len, links)),
+        "links": links,
     }
 
 
@@ -131,8 +162,7 @@ def resolve_files(args):
         meta_path = os.path.join(args.dir, f"distill.{args.subset}.json")
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} not found: DIR must be a fairseq-kd-distill-corpus output")
-        meta = json.load(open(meta_path))
-        src, tgt = meta["source_lang"], meta["target_lang"]
+        src, tgt = _languages(meta_path)
         base = os.path.join(args.dir, args.subset)
         return f"{base}.{src}", f"{base}.{tgt}.gold", f"{base}.{tgt}"
     if not (args.source and args.target):
@@ -140,11 +170,33 @@ def resolve_files(args):
     return args.source, args.target, args.distilled
 
 
+def _languages(meta_path: str):
+    """(source_lang, target_lang) of a ``distill.<split>.json``; ValueError naming the
+    file, the missing field and the fix when it lacks them."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}): rerun fairseq-kd-distill-corpus, "
+                         "or give the text files with --source, --target and --distilled")
+    missing = [k for k in ("source_lang", "target_lang") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        fields = " and ".join(f'"{k}"' for k in missing) + (" fields" if len(missing) > 1 else " field")
+        raise ValueError(
+            f"{meta_path} has no {fields}: add {'them' if len(missing) > 1 else 'it'} (the language codes in the "
+            "names of the files beside it, <split>.<source_lang>, <split>.<target_lang>.gold and "
+            '<split>.<target_lang>; e.g. "source_lang": "de"), rerun fairseq-kd-distill-corpus, '
+            "or give the text files with --source, --target and --distilled")
+    return meta["source_lang"], meta["target_lang"]
+
+
 def compute(args) -> dict:
     from ._common import progress
 
+    if args.chunk_rows < 1:
+        raise ValueError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     source_file, real_file, distilled_file = resolve_files(args)
-    read = lambda p: read_corpus(p, args.remove_bpe, args.lowercase, args.max_sentences)  # noqa: E731
+    read = lambda p: TextCorpus(p, args.remove_bpe, args.lowercase, args.max_sentences)  # noqa: E731
     src, real = read(source_file), read(real_file)
     if len(src) != len(real):
         raise ValueError(f"{source_file} has {len(src)} lines, {real_file} has {len(real)}")
@@ -159,7 +211,8 @@ def compute(args) -> dict:
     counts = {}
     start = time.time()
     for name, path, tgt in progress(jobs, total=len(jobs), desc="align", unit="corpus"):
-        counts[name], result[name] = corpus_stats(src, tgt, args.iterations, args.symmetrize, args.average)
+        counts[name], result[name] = corpus_stats(src, tgt, args.iterations, args.symmetrize, args.average,
+                                                  args.chunk_rows)
         result[name]["target"] = path
     if "distilled" in counts:
         result["faithfulness"] = faithfulness(counts["real"], counts["distilled"], args.smoothing, args.average)
@@ -189,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average over source word types as in the paper (default) or over aligned tokens")
     p.add_argument("--smoothing", type=float, default=0.01,
                    help="weight eps of the uniform distribution mixed into p_distilled(y|x) in F(d) (default: 0.01)")
+    p.add_argument("--chunk-rows", type=int, default=alignment.DEFAULT_CHUNK_ROWS,
+                   help="EM reads the corpus in chunks of whole sentences of at most this many (sentence, i, j) "
+                   "alignment rows, about 100 bytes each; memory, not the result, depends on it "
+                   f"(default: {alignment.DEFAULT_CHUNK_ROWS})")
     p.add_argument("--max-sentences", type=int, default=0, help="use only the first N sentences (0: all)")
     p.add_argument("--out", help="write the measures to this JSON file (and its provenance beside it)")
     return p
