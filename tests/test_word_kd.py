@@ -92,8 +92,11 @@ def test_fused_path_gives_the_unfused_loss_logs_and_gradients(tiny_data, tiny_te
         assert float(logs_f[key]) == pytest.approx(float(logs_u[key]), rel=1e-5), key
     for key in ("kd_tokens", "teacher_agree", "ntokens", "nsentences"):
         assert logs_f[key] == logs_u[key], key
+    # each parameter's gradient to 1e-4 of its norm, or to 1e-6 of the whole gradient's
+    # for those that are zero in exact arithmetic (k_proj.bias: softmax is shift-invariant)
+    total = torch.cat([g.flatten() for g in grads_u]).norm().item()
     for (name, _), g_f, g_u in zip(model.named_parameters(), grads_f, grads_u):
-        utils.assert_close_by_norm(g_f, g_u, rtol=1e-4, what=name)
+        utils.assert_close_by_norm(g_f, g_u, rtol=1e-4, atol=1e-6 * total, what=name)
 
 
 def test_teacher_is_frozen_and_not_part_of_the_student(tiny_data, tiny_teacher):

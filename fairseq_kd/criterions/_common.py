@@ -3,6 +3,13 @@
 ``LabelSmoothedBaseCriterion`` is ``label_smoothed_cross_entropy`` with its
 ``forward`` cut into the parts that ``word_kd``, ``seq_kd`` and ``d2gpo`` reuse
 around the term each adds; the functions below check options and log sums.
+
+``reduce=False``, in every criterion built on it, returns what fairseq's
+``label_smoothed_nll_loss`` returns unreduced: one loss per target position,
+a (B*T) x 1 column in ``get_lprobs_and_target``'s order (the batch's B x T
+target flattened row by row, after ``--ignore-prefix-size``), 0 at pads; the
+column sums to the reduced loss. Logging outputs hold sums either way (fairseq
+logs the unreduced column itself, which ``reduce_metrics`` cannot sum).
 """
 import math
 from typing import Dict, Iterable, List, Sequence
@@ -25,8 +32,8 @@ class LabelSmoothedBaseCriterion(LabelSmoothedCrossEntropyCriterion):
         """
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
+            "loss": summed_data(loss),
+            "nll_loss": summed_data(nll_loss),
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
@@ -39,6 +46,11 @@ class LabelSmoothedBaseCriterion(LabelSmoothedCrossEntropyCriterion):
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
+
+
+def summed_data(loss):
+    """``loss.data`` summed: a reduced loss as it is, an unreduced one (``reduce=False``) summed."""
+    return loss.data if loss.dim() == 0 else loss.data.sum()
 
 
 def check_weight(option: str, value: float) -> None:

@@ -31,6 +31,9 @@ The prior is a read-only table loaded from ``--d2gpo-prior`` (written by
 ``fairseq-kd-build-prior``) and held as plain tensors, not buffers: it is
 never saved in a checkpoint. It is copied once to the training device.
 Works with ``--task translation`` and ``--task translation_kd``.
+
+``reduce=False`` returns per-token losses as ``label_smoothed_cross_entropy``
+does (see ``_common``): a (B*T) x 1 column, 0 at pads, summing to the reduced loss.
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -64,7 +67,9 @@ class D2GPoCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
                   "NLL term's log-softmax); set it to --d2gpo-temperature for Hinton-style KD"},
     )
     d2gpo_topk: int = field(
-        default=0, metadata={"help": "use the first k stored candidates of each word; 0 = all of them"}
+        default=0,
+        metadata={"help": "use the first k stored candidates of each word; 0 = all of them "
+                  "(more than the store holds is an error)"},
     )
 
 
@@ -91,6 +96,12 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
             raise ValueError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
         # Raises StoreError naming the store when it was built for another dictionary.
         self.prior = prior.load(d2gpo_prior, task.target_dictionary)
+        if d2gpo_topk > self.prior.k:
+            raise ValueError(
+                f"--d2gpo-topk {d2gpo_topk} is larger than k = {self.prior.k}, the candidates per word of the "
+                f"prior store {d2gpo_prior}: use --d2gpo-topk {self.prior.k} or less (0 = all {self.prior.k}), "
+                f"or rebuild the prior with fairseq-kd-build-prior --topk {d2gpo_topk}"
+            )
         self.alpha = d2gpo_alpha
         self.temperature = d2gpo_temperature
         self.student_temperature = d2gpo_student_temperature
@@ -102,15 +113,18 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
         loss, nll_loss = label_smoothed_nll_loss(
             lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
         )
-        kl = self.compute_prior_kl(lprobs, net_output, target)
-        loss = losses.interpolate(loss, self.temperature**2 * kl, self.alpha)
+        kl = self.compute_prior_kl(lprobs, net_output, target)  # B*T, 0 at pads
+        # reduce=False: per position, as label_smoothed_nll_loss's B*T x 1 column
+        kl_sum = kl.sum()
+        kl_term = kl_sum if reduce else kl.unsqueeze(-1)
+        loss = losses.interpolate(loss, self.temperature**2 * kl_term, self.alpha)
         sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
-        logging_output["d2gpo_kl"] = kl.data
+        logging_output["d2gpo_kl"] = kl_sum.data
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
     def compute_prior_kl(self, lprobs, net_output, target):
-        """Summed KL(q_t || p_t) over the non-pad positions (unweighted by alpha and T^2).
+        """B*T values KL(q_t || p_t), 0 at pads (unweighted by alpha and T^2).
 
         ``lprobs`` (B*T x V) and ``target`` (B*T) are the NLL term's; every row is
         computed (a pad row looks up the pad's one-candidate prior) and pad rows are
@@ -125,7 +139,7 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
         ids, weights = self.prior.lookup(target)  # B*T x k each
         probs_T, ids_T = losses.topk_soft_targets(ids, weights, self.temperature, self.topk)
         kl = losses.kd_kl_divergence(lprobs_S, probs_T, ids_T)  # B*T
-        return kl.masked_fill(target.eq(self.padding_idx), 0.0).sum()
+        return kl.masked_fill(target.eq(self.padding_idx), 0.0)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

@@ -46,7 +46,9 @@ target frame (``out`` of another length) is refused.
 Normalization follows ``nat_loss`` (mean over the term's positions,
 ``sample_size = 1``). Each term is logged unweighted: ``word_ins-loss`` (the
 gold term before interpolation), ``length-loss``, ..., ``kd-loss``; fairseq
-prints them as ``word_ins``, ``length``, ..., ``kd`` (base 2).
+prints them as ``word_ins``, ``length``, ..., ``kd`` (base 2). At alpha = 0
+the teacher is not run at all and ``kd-loss`` is not logged: the loss and the
+logs are ``nat_loss``'s.
 """
 from dataclasses import dataclass, field
 
@@ -112,10 +114,11 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
             if out.get("nll_loss", False):
                 nll_losses.append(term.get("nll_loss", 0.0))
 
-        kd_loss = self.compute_kd(model, outputs["word_ins"], sample)
+        # alpha = 0: no teacher forward, and the word_ins term is nat_loss's exactly
+        kd_loss = self.compute_kd(model, outputs["word_ins"], sample) if self.kd_alpha > 0 else None
         loss = 0.0
         for name, term in terms:
-            if name == "word_ins":
+            if name == "word_ins" and kd_loss is not None:
                 word_ins = losses.interpolate(term["loss"] / term["factor"], kd_loss, self.kd_alpha)
                 loss = loss + word_ins * term["factor"]
             else:
@@ -132,7 +135,8 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         }
         for _, term in terms:
             logging_output[term["name"]] = utils.item(term["loss"].data / term["factor"])
-        logging_output["kd-loss"] = utils.item(kd_loss.data)
+        if kd_loss is not None:
+            logging_output["kd-loss"] = utils.item(kd_loss.data)
         return loss, sample_size, logging_output
 
     def kd_positions(self, word_ins, target):

@@ -23,6 +23,13 @@ scored on the gold term alone.
 
 Logged per token, unweighted, in base 2: ``loss``, ``nll_loss`` (gold, as
 fairseq), ``distilled_loss`` and ``distilled_nll_loss`` (per distilled token).
+
+``reduce=False`` returns the gold term's per-token losses as
+``label_smoothed_cross_entropy`` does (see ``_common``: a (B*T) x 1 column, 0
+at pads) when the distilled term has no weight in the batch (alpha = 0, or no
+distilled targets). Otherwise it is an error: the two terms score different
+token sequences (the gold and the teacher's output, of other lengths), so no
+per-token loss of the gold target sums to the interpolated loss.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -32,7 +39,7 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 
 from .. import losses
-from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2
+from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, summed_data
 
 
 @dataclass
@@ -68,6 +75,12 @@ class SeqKDCriterion(LabelSmoothedBaseCriterion):
 
     def forward(self, model, sample, reduce=True):
         has_distilled = "distilled" in sample
+        if not reduce and has_distilled and self.kd_alpha > 0:
+            raise ValueError(
+                f"seq_kd has no per-token losses (reduce=False) at --kd-alpha {self.kd_alpha}: its distilled "
+                "term scores the teacher's output, not the gold target's tokens; use reduce=True, or "
+                "--kd-alpha 0 for the gold term's per-token losses"
+            )
         gold_grad = not has_distilled or self.kd_alpha < 1.0
         with _grad(gold_grad):
             net_output = model(**sample["net_input"])
@@ -79,11 +92,12 @@ class SeqKDCriterion(LabelSmoothedBaseCriterion):
             with _grad(self.kd_alpha > 0.0):
                 net_output_D = model(**net_input_D)
                 loss_D, nll_loss_D = self.compute_loss(
-                    model, net_output_D, {"target": distilled["target"]}, reduce=reduce
+                    model, net_output_D, {"target": distilled["target"]}, reduce=True
                 )
-            loss = losses.interpolate(loss, loss_D, self.kd_alpha)
+            if reduce:  # else alpha = 0 (see above): the gold term's per-token losses
+                loss = losses.interpolate(loss, loss_D, self.kd_alpha)
             logging_output.update(
-                loss=loss.data,
+                loss=summed_data(loss),
                 distilled_loss=loss_D.data,
                 distilled_nll_loss=nll_loss_D.data,
                 distilled_ntokens=distilled["ntokens"],

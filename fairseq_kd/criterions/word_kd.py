@@ -21,6 +21,20 @@ logits, the gradient written into it, no log-probability or q * log p tensors
 The teacher comes from the task (``--task translation_kd``): an online teacher
 (``--teacher-path``) or a soft-label store (``--soft-labels``). A batch with
 no teacher (validation with a store) is scored on the gold loss alone.
+``--kd-topk`` larger than the store's K is an error (at the first batch: the
+task loads the store after the criterion is built). With
+``--ignore-prefix-size N`` the first N target positions are left out of both
+terms.
+
+Logged, unweighted: ``kd_loss`` and ``teacher_nll`` (online teacher) per
+token in base 2; ``teacher_agree``, the percent of KD positions where the
+student's top-1 word is the teacher's; ``teacher_accuracy``, the percent where
+the teacher's top-1 word (the first stored id of a store, the argmax of an
+online teacher's q) is the gold word, beside fairseq's student ``accuracy``
+on the same positions with ``--report-accuracy``.
+
+``reduce=False`` returns per-token losses as ``label_smoothed_cross_entropy``
+does (see ``_common``): (B*T) x 1, 0 at pads, summing to the reduced loss.
 """
 from dataclasses import dataclass, field
 
@@ -30,7 +44,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from fairseq.logging import metrics
 
 from .. import losses
-from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, sum_logs
+from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, sum_logs, summed_data
 
 
 @dataclass
@@ -49,7 +63,8 @@ class WordKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default=0,
         metadata={
             "help": "keep the teacher's top-K words and renormalize over them; 0 = full "
-            "vocabulary (a soft-label store always gives top-K; a smaller K uses its first K)"
+            "vocabulary (a soft-label store always gives its own K: a smaller K uses its first K, "
+            "a larger one is an error)"
         },
     )
     kd_t2_scaling: bool = field(
@@ -86,19 +101,34 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         self.kd_t2_scaling = kd_t2_scaling
 
     def forward(self, model, sample, reduce=True):
+        self.check_store_topk(sample)
         net_output = model(**sample["net_input"])
         if reduce and self.fused_kd(model, sample):
             return self.forward_fused(model, net_output, sample)
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
         sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
-        kd = self.compute_kd(model, net_output, sample)
+        kd = self.compute_kd(model, net_output, sample, reduce=reduce)
         if kd is not None:
             kd_loss, kd_logs = kd
             loss = losses.interpolate(loss, kd_loss, self.kd_alpha)
-            logging_output["loss"] = loss.data
+            logging_output["loss"] = summed_data(loss)
             logging_output.update(kd_logs)
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
+
+    def check_store_topk(self, sample) -> None:
+        """Raise when ``--kd-topk`` asks for more words than the soft-label store holds
+        (a size lookup per batch; the store is loaded by the task after this criterion)."""
+        soft_labels = sample.get("soft_labels") if sample else None
+        if soft_labels is None:
+            return
+        K = soft_labels["ids"].size(-1)
+        if self.kd_topk > K:
+            raise ValueError(
+                f"--kd-topk {self.kd_topk} is larger than K = {K}, the words per token of the soft-label "
+                f"store (--soft-labels): use --kd-topk {K} or less (0 = all {K}), or dump a store with "
+                f"fairseq-kd-dump-soft-labels --topk {self.kd_topk}"
+            )
 
     def fused_kd(self, model, sample) -> bool:
         """Whether this batch takes the fused path (``losses.gold_and_kd_cross_entropy``):
@@ -127,19 +157,28 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
             self.kd_alpha, self.eps, kd_scale,
         )
         sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
+        teacher_correct = losses.teacher_argmax(probs_T, ids_T).eq(target) & weight  # pad rows: weight 0
         logging_output.update(
-            kd_loss=(kd_loss * kd_scale).data, kd_tokens=int(weight.sum()), teacher_agree=int(agree.sum())
+            kd_loss=(kd_loss * kd_scale).data, kd_tokens=int(weight.sum()), teacher_agree=int(agree.sum()),
+            teacher_correct=int(teacher_correct.sum()),
         )
         if teacher_nll is not None:
             logging_output["teacher_nll"] = teacher_nll.data
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
-    def compute_kd(self, model, net_output, sample):
-        """Summed KD term and its unweighted logs, or None without a teacher (the
-        unfused path: any student temperature, ignored prefixes, adaptive softmax)."""
+    def compute_kd(self, model, net_output, sample, reduce=True):
+        """KD term and its unweighted logs, or None without a teacher (the unfused path:
+        any student temperature, ignored prefixes, adaptive softmax, ``reduce=False``).
+
+        The term is summed, or with ``reduce=False`` a (B*T') x 1 column laid out as
+        ``compute_loss``'s (T' = T minus the ignored prefix), 0 at pads.
+        """
         target = sample["target"]
         mask = target.ne(self.padding_idx)  # B x T, EOS included
+        prefix = self.ignore_prefix_size
+        if prefix > 0:
+            mask[:, :prefix] = False  # positions the gold term ignores
         teacher = self.task.teacher_soft_targets(
             sample, model, mask, temperature=self.kd_temperature, topk=self.kd_topk
         )
@@ -148,18 +187,21 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         probs_T, ids_T, teacher_nll = teacher
         logits_S = net_output[0][mask].float()  # N x V
         lprobs_S = F.log_softmax(logits_S / self.kd_student_temperature, dim=-1)
-        kd = losses.kd_cross_entropy(lprobs_S, probs_T, ids_T)
+        kd = losses.kd_cross_entropy(lprobs_S, probs_T, ids_T)  # N
+        kd_scale = self.kd_temperature**2 if self.kd_t2_scaling else 1.0
         agree = losses.argmax_agreement(lprobs_S.detach(), probs_T, ids_T)
-        kd_loss = kd.sum()
-        if self.kd_t2_scaling:
-            kd_loss = kd_loss * self.kd_temperature**2
+        teacher_correct = losses.teacher_argmax(probs_T, ids_T).eq(target[mask])
+        kd_loss = kd.sum() * kd_scale
         logs = {
             "kd_loss": kd_loss.data,
             "kd_tokens": int(mask.sum()),
             "teacher_agree": int(agree.sum()),
+            "teacher_correct": int(teacher_correct.sum()),
         }
         if teacher_nll is not None:
             logs["teacher_nll"] = teacher_nll.data
+        if not reduce:  # per position, in the gold term's (B*T') x 1 layout
+            kd_loss = kd.new_zeros(mask.shape).masked_scatter(mask, kd * kd_scale)[:, prefix:].reshape(-1, 1)
         return kd_loss, logs
 
     @classmethod
@@ -169,11 +211,16 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
 
 
 def reduce_kd_metrics(logging_outputs) -> None:
-    """Log kd_loss and teacher_nll per token in base 2, teacher_agree in percent."""
+    """Log kd_loss and teacher_nll per token in base 2, teacher_agree and
+    teacher_accuracy in percent of the KD positions (fairseq's ``accuracy`` is
+    the student's, with ``--report-accuracy``)."""
     kd_tokens = log_per_count_base2(logging_outputs, ["kd_loss"], "kd_tokens")
     if kd_tokens == 0:
         return
     agree = sum_logs(logging_outputs, "teacher_agree")
     metrics.log_scalar("teacher_agree", 100.0 * agree / kd_tokens, kd_tokens, round=2)
+    # weighted by the positions, so that the mean over a log interval is correct / total, as accuracy
+    correct = sum_logs(logging_outputs, "teacher_correct")
+    metrics.log_scalar("teacher_accuracy", 100.0 * correct / kd_tokens, kd_tokens, round=3)
     if any("teacher_nll" in log for log in logging_outputs):
         log_per_count_base2(logging_outputs, ["teacher_nll"], "kd_tokens")
