@@ -2,14 +2,20 @@
 
 Registration only. ``fairseq-* --user-dir fairseq_kd`` imports this package and
 then ``tasks/`` and ``models/``; criterions are imported here explicitly
-because ``--user-dir`` does not import them.
+because ``--user-dir`` does not import them. Two fixes to fairseq itself are
+applied here, before fairseq reads a checkpoint or batches a split: safe
+checkpoint loading (checkpoint.py) and keeping the last batch of every split
+(batching.py).
 """
 __version__ = "0.1.0"
 
-from . import checkpoint  # noqa: E402
+from . import batching, checkpoint  # noqa: E402
 
 # torch >= 2.6 loads with weights_only=True: allow exactly the types fairseq
 # checkpoints hold (see checkpoint.py) before any checkpoint is read.
 checkpoint.allow_fairseq_checkpoints()
+# fairseq drops the last batch of a split unless its size is a multiple of
+# --required-batch-size-multiple (fairseq issue #5036): keep it (see batching.py).
+batching.install()
 
 from . import criterions, models, tasks  # noqa: E402,F401
