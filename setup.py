@@ -49,6 +49,7 @@ setup(
         # On Python 3.11: pip install cython && pip install --no-build-isolation fastBPE
         "fastbpe": ["fastBPE"],
         "rouge": ["rouge-score"],
+        "study": ["matplotlib"],  # the Multi30k study's figure
         "test": ["pytest"],
     },
     entry_points={

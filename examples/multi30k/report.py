@@ -1,0 +1,237 @@
+"""The Multi30k study's report: its table, speed ratios, data measures and figure.
+
+Reads what ``examples/multi30k/study.sh`` wrote under WORK (training logs
+``NAME.log``, ``eval/NAME.TAG.SETTING/scores.json`` of ``fairseq-kd-evaluate``,
+``distill.stats.json`` / ``seqinter.stats.json`` of ``fairseq-kd-data-stats``,
+``ROW.choice`` of the settings chosen on valid) and writes ``WORK/results.md``
+and ``WORK/bleu_vs_speed.png``; prints the table.
+
+    python examples/multi30k/report.py WORK --seeds 1 2 --models baseline word_kd ...
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from typing import Dict, List, Optional
+
+WHAT = {
+    "teacher": "teacher, 3+3 x 256 Transformer",
+    "baseline": "AT student, label smoothing 0.1",
+    "word_kd": "+ word-level KD, online teacher",
+    "seq_kd": "seq-KD: teacher's beam-5 training set",
+    "seq_inter": "Seq-Inter: n-best closest to the reference",
+    "seq_word_kd": "seq-KD + word-KD",
+    "seq_interp": "seq_kd: (1-a) NLL(gold) + a NLL(teacher)",
+    "cmlm_raw": "Mask-Predict (CMLM) on gold data",
+    "cmlm_distill": "CMLM on distilled data",
+    "cmlm_distill_kd": "CMLM distilled + nat_word_kd",
+    "levt_distill": "Levenshtein Transformer, distilled",
+}
+BASELINE_OF = {
+    "word_kd": "baseline", "seq_kd": "baseline", "seq_inter": "baseline", "seq_word_kd": "baseline",
+    "seq_interp": "baseline", "cmlm_distill": "cmlm_raw", "cmlm_distill_kd": "cmlm_raw", "levt_distill": "cmlm_raw",
+}
+SETTING_NAME = {"b1": "beam 1", "b5": "beam 5", "i4": "4 iterations", "i10": "10 iterations"}
+
+
+def is_nat(name: str) -> bool:
+    return name.startswith(("cmlm", "levt"))
+
+
+def model_names(row: str, seeds: List[str], multi: bool) -> List[str]:
+    if not multi:
+        return [row]
+    return [row if s == seeds[0] else f"{row}.s{s}" for s in seeds]
+
+
+def scores(work: str, model: str, tag: str, setting: str) -> Optional[dict]:
+    path = os.path.join(work, "eval", f"{model}.{tag}.{setting}", "scores.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+VALID_LINE = re.compile(r"valid on 'valid' subset \| epoch (\d+) \|(.*)")
+
+
+def valid_curve(work: str, model: str) -> List[Dict[str, float]]:
+    """One dict per validation of MODEL's training log: epoch, nll_loss, loss, accuracy."""
+    path = os.path.join(work, f"{model}.log")
+    if os.path.islink(os.path.join(work, model, "final.pt")):  # a grid row: its chosen candidate's log
+        chosen = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(work, model, "final.pt"))))
+        path = os.path.join(work, f"{chosen}.log")
+    curve = []
+    if not os.path.isfile(path):
+        return curve
+    with open(path) as f:
+        for line in f:
+            m = VALID_LINE.search(line)
+            if not m:
+                continue
+            point = {"epoch": int(m.group(1))}
+            for key, value in re.findall(r"(\w+) ([-\d.]+)", m.group(2)):
+                try:
+                    point[key] = float(value)
+                except ValueError:
+                    pass
+            curve.append(point)
+    return curve
+
+
+def convergence(curve: List[Dict[str, float]], metric: str) -> str:
+    values = [p[metric] for p in curve if metric in p]
+    if not values:
+        return "no validation"
+    best = min(range(len(values)), key=values.__getitem__)
+    if best == len(values) - 1:
+        return f"no: valid {metric} still falling at epoch {curve[-1]['epoch']}"
+    return f"yes: best valid {metric} at epoch {curve[best]['epoch']} of {curve[-1]['epoch']}"
+
+
+def fmt(values: List[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {(max(values) - min(values)) / 2:.2f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("work")
+    p.add_argument("--seeds", nargs="+", default=["1"])
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--multi-seed", nargs="*", default=["baseline", "seq_kd", "cmlm_raw", "cmlm_distill"])
+    p.add_argument("--budget", default="")
+    args = p.parse_args(argv)
+    work = args.work
+    rows = (["teacher"] if os.path.isfile(os.path.join(work, "teacher", "final.pt")) else []) + [
+        r for r in args.models if r != "bert_kd"
+    ]
+    out: List[str] = []
+    extra_tags = sorted({os.path.basename(d).split(".")[-2] for d in glob.glob(os.path.join(work, "eval", "*.*.*"))}
+                        - {"test", "valid"})
+
+    def row_scores(row: str, tag: str, setting: str, key: str) -> List[float]:
+        names = model_names(row, args.seeds, row in args.multi_seed)
+        return [s[key] for s in (scores(work, n, tag, setting) for n in names) if s is not None and key in s]
+
+    # ---- quality
+    for nat in (False, True):
+        these = [r for r in rows if is_nat(r) == nat]
+        if not these:
+            continue
+        settings = ["i4", "i10"] if nat else ["b1", "b5"]
+        cols = " | ".join(f"BLEU {SETTING_NAME[s]} | chrF {SETTING_NAME[s]}" for s in settings)
+        out.append(f"| {'NAT' if nat else 'AT'} row | what | {cols} | seeds | vs its baseline (BLEU, {SETTING_NAME[settings[-1]]}) | converged on valid |")
+        out.append("|---|---|" + "---:|" * (2 * len(settings)) + "---:|---:|---|")
+        for row in these:
+            cells = []
+            for s in settings:
+                cells += [fmt(row_scores(row, "test", s, "bleu")), fmt(row_scores(row, "test", s, "chrf"))]
+            n = len(row_scores(row, "test", settings[-1], "bleu"))
+            base = BASELINE_OF.get(row)
+            delta = "–"
+            if base in rows:
+                mine, theirs = row_scores(row, "test", settings[-1], "bleu"), row_scores(base, "test", settings[-1], "bleu")
+                if mine and theirs:
+                    delta = f"{statistics.mean(mine) - statistics.mean(theirs):+.2f}"
+            metric = "loss" if nat else "nll_loss"
+            what = WHAT.get(row, row)
+            choice = os.path.join(work, f"{row}.choice")
+            if os.path.isfile(choice):
+                what += f" (chosen on valid: {open(choice).read().strip()})"
+            out.append(f"| {row} | {what} | {' | '.join(cells)} | {n} | {delta} | "
+                       f"{convergence(valid_curve(work, row), metric)} |")
+        out.append("")
+
+    # ---- teacher vs student
+    t_curve, s_curve = valid_curve(work, "teacher"), valid_curve(work, "baseline")
+    if t_curve and s_curve and "accuracy" in t_curve[-1] and "accuracy" in s_curve[-1]:
+        t_acc = min(t_curve, key=lambda p: p.get("nll_loss", 1e9))["accuracy"]
+        s_acc = min(s_curve, key=lambda p: p.get("nll_loss", 1e9))["accuracy"]
+        line = f"Teacher {t_acc:.1f}% vs student {s_acc:.1f}% (valid token accuracy, teacher-forced, best checkpoints)."
+        if t_acc <= s_acc:
+            line += " WARNING: the teacher is not better than the baseline student; distillation cannot be expected to help."
+        out += [line, ""]
+
+    # ---- speed
+    ref = scores(work, "baseline", "test", "b5")
+    speed_points = []
+    if ref and ref.get("latency", {}).get("sentences"):
+        out.append("| decoder (test2016, this CPU) | latency ms/sentence, batch 1 | speed-up | sentences/s, large batch | ratio |")
+        out.append("|---|---:|---:|---:|---:|")
+        ref_lat, ref_tput = ref["latency"]["mean_ms"], ref["throughput"]["sentences_per_second"]
+        for row in rows:
+            for s in (["i4", "i10"] if is_nat(row) else ["b1", "b5"]):
+                sc = scores(work, row, "test", s)
+                if not sc or not sc.get("latency", {}).get("sentences"):
+                    continue
+                lat, tput = sc["latency"]["mean_ms"], sc["throughput"]["sentences_per_second"]
+                speed_points.append((row, s, ref_lat / lat, sc["bleu"]))
+                if row in ("teacher", "baseline", "cmlm_distill", "levt_distill"):
+                    out.append(f"| {row}, {SETTING_NAME[s]} | {lat:.1f} | {ref_lat / lat:.2f}x | {tput:.1f} | {tput / ref_tput:.2f}x |")
+        out.append("")
+
+    # ---- data measures
+    stats = []
+    for name, what in (("distill", "beam-5 distilled"), ("seqinter", "Seq-Inter")):
+        path = os.path.join(work, f"{name}.stats.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                stats.append((what, json.load(f)))
+    if stats:
+        out.append("| training set | C(d) nats | F(d) nats |")
+        out.append("|---|---:|---:|")
+        out.append(f"| raw (gold) | {stats[0][1]['real']['complexity']:.3f} | – |")
+        for what, s in stats:
+            out.append(f"| {what} | {s['distilled']['complexity']:.3f} | {s['faithfulness']:.3f} |")
+        out.append("")
+
+    # ---- other test sets
+    for tag in extra_tags:
+        out.append(f"| row | {tag}: BLEU (beam 5 / 10 iterations) | chrF |")
+        out.append("|---|---:|---:|")
+        for row in rows:
+            s = "i10" if is_nat(row) else "b5"
+            out.append(f"| {row} | {fmt(row_scores(row, tag, s, 'bleu'))} | {fmt(row_scores(row, tag, s, 'chrf'))} |")
+        out.append("")
+
+    if args.budget:
+        out.insert(0, f"Budget: {args.budget}; seeds {' '.join(args.seeds)} for {', '.join(args.multi_seed)}.\n")
+    text = "\n".join(out)
+    with open(os.path.join(work, "results.md.tmp"), "w") as f:
+        f.write(text + "\n")
+    os.replace(os.path.join(work, "results.md.tmp"), os.path.join(work, "results.md"))
+    print(text)
+
+    if speed_points:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("report: matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
+            return 0
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for row, s, speedup, bleu in speed_points:
+            marker = "s" if is_nat(row) else "o"
+            ax.scatter(speedup, bleu, marker=marker, color="tab:red" if is_nat(row) else "tab:blue")
+            ax.annotate(f"{row} {SETTING_NAME[s]}", (speedup, bleu), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("speed-up over the AT student at beam 5 (batch 1 latency, CPU)")
+        ax.set_ylabel("sacreBLEU, test2016")
+        ax.set_title("Multi30k De-En: quality against decoding speed")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(work, "bleu_vs_speed.png"), dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
