@@ -53,35 +53,57 @@ def _output_rows(model_state: Dict[str, torch.Tensor]) -> Optional[int]:
     return None
 
 
-def check_teacher_dictionary(path: str, state: dict, tgt_dict) -> None:
-    """Refuse a teacher whose target dictionary is not the student's.
+def _input_rows(model_state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Size of the encoder's input vocabulary read from a state dict."""
+    key = "encoder.embed_tokens.weight"
+    return model_state[key].size(0) if key in model_state else None
 
-    The teacher's dictionary is read from the data directory it was trained on
-    when that still exists; otherwise the size of its output layer is compared.
+
+def check_teacher_dictionary(path: str, state: dict, tgt_dict, src_dict=None) -> None:
+    """Refuse a teacher whose target (and, given ``src_dict``, source) dictionary is
+    not the student's.
+
+    A teacher fed a source dictionary of the same size in another order reads other
+    words than the student's data holds: the symbols are compared, not only sizes.
+    The teacher's dictionaries are read from the data directory it was trained on
+    when that still exists; otherwise the sizes of its output layer (target) and
+    encoder embeddings (source) are compared, with a warning.
     """
     from fairseq.data import Dictionary
 
     cfg = state.get("cfg") or {}
     task_cfg = cfg.get("task", {}) if isinstance(cfg, dict) else getattr(cfg, "task", {})
     get = task_cfg.get if isinstance(task_cfg, dict) else (lambda k, d=None: getattr(task_cfg, k, d))
-    data, tgt = get("data", None), get("target_lang", None)
+    data, src, tgt = get("data", None), get("source_lang", None), get("target_lang", None)
     data = str(data).split(":")[0] if data else None
-    if data and tgt is None and os.path.isdir(data):
+    if data and (src is None or tgt is None) and os.path.isdir(data):
         from fairseq.data import data_utils
 
-        tgt = data_utils.infer_language_pair(data)[1]  # as fairseq's translation task does
-    if data and tgt:
-        dict_path = os.path.join(data, f"dict.{tgt}.txt")
-        if os.path.isfile(dict_path):
-            message = dictionary_mismatch(Dictionary.load(dict_path), tgt_dict)
+        inferred = data_utils.infer_language_pair(data)  # as fairseq's translation task does
+        src, tgt = src or inferred[0], tgt or inferred[1]
+    model_state = state.get("model", {})
+    sides = [("target", tgt, tgt_dict, _output_rows(model_state), "--tgtdict")]
+    if src_dict is not None:
+        sides.append(("source", src, src_dict, _input_rows(model_state), "--srcdict"))
+    for side, lang, student_dict, rows, option in sides:
+        fix = (
+            f"use a teacher trained on data binarized with the student's {side} dictionary "
+            f"(fairseq-preprocess {option} <student data>/dict.{lang or '<lang>'}.txt)"
+        )
+        dict_path = os.path.join(data, f"dict.{lang}.txt") if data and lang else None
+        if dict_path and os.path.isfile(dict_path):
+            message = dictionary_mismatch(Dictionary.load(dict_path), student_dict)
             if message:
-                raise ValueError(f"{path}: {message} (teacher dictionary: {dict_path})")
-            return
-    rows = _output_rows(state.get("model", {}))
-    if rows is not None and rows != len(tgt_dict):
-        raise ValueError(
-            f"{path}: teacher dictionary has {rows} symbols, student dictionary has "
-            f"{len(tgt_dict)} (the teacher's data directory is gone, so only sizes were compared)"
+                raise ValueError(f"{path}: {side} dictionaries differ: {message} (teacher: {dict_path}); {fix}")
+            continue
+        if rows is not None and rows != len(student_dict):
+            raise ValueError(
+                f"{path}: {side} dictionaries differ: teacher dictionary has {rows} symbols, student dictionary has "
+                f"{len(student_dict)} (the teacher's data directory is gone, so only sizes were compared); {fix}"
+            )
+        logger.warning(
+            f"{path}: the teacher's {side} dictionary ({dict_path or 'its data directory'}) is gone: "
+            + ("only its size was compared with the student's" if rows is not None else "not compared")
         )
 
 
@@ -109,7 +131,7 @@ class TeacherEnsemble:
         models = []
         for path in files:
             state = checkpoint_utils.load_checkpoint_to_cpu(path)
-            check_teacher_dictionary(path, state, task.target_dictionary)
+            check_teacher_dictionary(path, state, task.target_dictionary, task.source_dictionary)
             ensemble, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
             models.extend(ensemble)
         n_params = sum(p.numel() for m in models for p in m.parameters())

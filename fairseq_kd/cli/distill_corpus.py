@@ -29,6 +29,10 @@ What it guarantees, unlike ``fairseq-generate | grep ^H``:
   (BPE-level) tokens, ready for ``fairseq-preprocess`` or ``fairseq-kd-data-stats``.
 - Nothing half-written: everything goes to a temporary folder inside DIR and
   is moved into place (``os.replace``) only when the split is complete.
+- What it belongs to: ``distill.<split>.json`` records the split's source and
+  target sizes checksums and both dictionaries' checksums;
+  ``--task translation_kd --distilled-data DIR`` refuses a corpus made from
+  another (or reordered, refiltered) split or with other dictionaries.
 
 ``--select seq-inter`` is Kim & Rush's Sequence-level Interpolation: of the
 teacher's K best (``--nbest K``), keep the hypothesis with the highest
@@ -285,6 +289,12 @@ def summarize(settings: dict, chosen: dict, src_tgt, tgt_dict, decoded: int, dec
         "decode_seconds": decode_seconds,
         "teacher": teacher,
         "data": data,
+        # What the corpus belongs to, checked by translation_kd --distilled-data: the source
+        # split's sentence lengths on both sides (its sentences, in order) and both dictionaries.
+        "source_sizes_checksum": settings["sizes_checksum"],
+        "target_sizes_checksum": settings["tgt_sizes_checksum"],
+        "source_dictionary_checksum": settings["dictionary_checksum"][settings["source_lang"]],
+        "target_dictionary_checksum": settings["dictionary_checksum"][settings["target_lang"]],
     }
 
 

@@ -30,6 +30,12 @@ class KDLanguagePairDataset(BaseWrapperDataset):
                 entry per sentence of ``dataset``; or None.
         """
         super().__init__(dataset)
+        if soft_labels is not None and getattr(dataset, "left_pad_target", False):
+            # _collate_soft_labels lays sentence b's rows out from target column 0
+            raise ValueError(
+                "soft labels expect right-padded targets (their rows are laid out from target column 0), "
+                "got --left-pad-target: remove it (targets are right-padded by default)"
+            )
         self.soft_labels = soft_labels
         self.distilled = distilled
         if distilled is not None and len(distilled) != len(dataset):

@@ -136,6 +136,11 @@ class ConditionalMLMTask(TranslationTask):
             )
         if not 0.0 < cfg.mask_prob <= 1.0:
             raise ValueError(f"--mask-prob must be in (0, 1], got {cfg.mask_prob}")
+        if cfg.left_pad_target:  # ConditionalMaskedDataset lays masks out from target column 0
+            raise ValueError(
+                "conditional_mlm expects right-padded targets (masks are laid out from target column 0), "
+                "got --left-pad-target: remove it (targets are right-padded by default)"
+            )
         self.mask_idx = len(tgt_dict)  # [MASK]: one past the dictionary (see bert_teacher)
 
     def load_pair_dataset(self, split, epoch=1, combine=True):

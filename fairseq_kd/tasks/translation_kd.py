@@ -15,7 +15,18 @@ optional:
 Criterions ask the task for the teacher's distribution through
 :meth:`TranslationKDTask.teacher_soft_targets`, passing their own temperature
 and top-K; the task never reads criterion options.
+
+Alignment. Nothing is matched to its data by sentence count alone. A
+soft-label store holds one split: the training split (``--train-subset``)
+refuses a store dumped for another split, other splits go without soft labels
+(the log says which splits have them). A distilled split is used only with its
+``distill.<split>.json``, whose source and target sizes checksums and
+dictionary checksums must match the split and dictionaries it is used with.
+Soft labels are laid out from target column 0, so ``--soft-labels`` refuses
+``--left-pad-target`` (the online teacher and distilled targets follow
+any padding: they are collated and run as the batch is).
 """
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +38,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import losses
+from ..data.array_store import StoreError
 from ..data.kd_dataset import KDLanguagePairDataset
 from ..teacher import TeacherEnsemble, check_files_exist, split_paths
 
@@ -58,6 +70,40 @@ class TranslationKDConfig(TranslationConfig):
     )
 
 
+def check_distilled_meta(meta_path: str, split: str, dataset, src_dict, tgt_dict, fix: str) -> None:
+    """Raise ValueError unless the distilled corpus described by ``meta_path``
+    (``distill.<split>.json``) was made from ``dataset`` (the same sentences in the
+    same order: source and target sizes checksums) with ``src_dict`` / ``tgt_dict``."""
+    from ..data.array_store import dictionary_checksum, sizes_checksum
+
+    with open(meta_path) as f:
+        meta = json.load(f)
+    other_split = "(another, reordered or refiltered split)"
+    made = {  # header field: (how the corpus differs, the value here)
+        "source_sizes_checksum": (f"from other source sentences than the data's {other_split}",
+                                  lambda: sizes_checksum(dataset.src_sizes)),
+        "target_sizes_checksum": (f"from other target sentences than the data's {other_split}",
+                                  lambda: sizes_checksum(dataset.tgt_sizes)),
+        "source_dictionary_checksum": ("with another source dictionary than the data's",
+                                       lambda: dictionary_checksum(src_dict)),
+        "target_dictionary_checksum": ("with another target dictionary than the data's",
+                                       lambda: dictionary_checksum(tgt_dict)),
+    }
+    missing = [key for key in made if key not in meta]
+    if missing:
+        raise ValueError(
+            f"{meta_path} was written by an older fairseq-kd-distill-corpus (no {', '.join(missing)}), "
+            f"so the distilled {split} split cannot be checked against the data: {fix}"
+        )
+    for key, (how, actual) in made.items():
+        here = actual()
+        if meta[key] != here:
+            raise ValueError(
+                f"the distilled {split} split was made {how}: {key} is {meta[key][:16]} in "
+                f"{meta_path}, {here[:16]} here; {fix}"
+            )
+
+
 @register_task("translation_kd", dataclass=TranslationKDConfig)
 class TranslationKDTask(TranslationTask):
     cfg: TranslationKDConfig
@@ -74,6 +120,11 @@ class TranslationKDTask(TranslationTask):
         for option, path in (("--soft-labels", cfg.soft_labels), ("--distilled-data", cfg.distilled_data)):
             if path and not os.path.isdir(path):
                 raise FileNotFoundError(f"{option} directory not found: {path}")
+        if cfg.soft_labels and cfg.left_pad_target:
+            raise ValueError(
+                "translation_kd --soft-labels expects right-padded targets (soft-label rows are laid out from "
+                "target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
+            )
         task = super().setup_task(cfg, **kwargs)
         if cfg.teacher_path:
             task.teacher = TeacherEnsemble.from_checkpoints(cfg.teacher_path, task)
@@ -89,32 +140,60 @@ class TranslationKDTask(TranslationTask):
             self.datasets[split] = KDLanguagePairDataset(dataset, soft_labels, distilled)
 
     def _load_soft_labels(self, split, dataset):
+        """The store of ``split``; None for another split (scored on the gold NLL only),
+        except the training split, which refuses a store dumped for another split."""
         if not self.cfg.soft_labels:
             return None
         from ..data.soft_labels import SoftLabelStore
 
         store = SoftLabelStore(self.cfg.soft_labels)
         if store.split != split:
-            return None  # e.g. validation: scored on the gold NLL only
+            if split == self.cfg.train_subset:
+                raise StoreError(
+                    f"--soft-labels {self.cfg.soft_labels} was dumped for the {store.split!r} split, the training "
+                    f"split (--train-subset) is {split!r}: dump the store of {split!r} "
+                    f"(fairseq-kd-dump-soft-labels ... --subset {split}) and pass that"
+                )
+            logger.info(f"no soft labels for {split} (the store holds {store.split}): gold target only")
+            return None
         store.check(dataset, self.tgt_dict)  # raises on any misalignment
         logger.info(f"soft labels for {split}: {self.cfg.soft_labels} (K={store.topk})")
         return store
 
     def _load_distilled(self, split, dataset):
+        """The distilled targets of ``split`` from ``--distilled-data DIR``, checked against
+        the split and dictionaries they were made from (``DIR/distill.<split>.json``).
+
+        The training split must have them. Another split without them, or without its
+        ``distill.<split>.json`` (a gold split copied by ``--copy-splits``), has none."""
         if not self.cfg.distilled_data:
             return None
+        directory = self.cfg.distilled_data
         src, tgt = self.cfg.source_lang, self.cfg.target_lang
-        prefix = os.path.join(self.cfg.distilled_data, f"{split}.{src}-{tgt}.{tgt}")
+        prefix = os.path.join(directory, f"{split}.{src}-{tgt}.{tgt}")
+        meta_path = os.path.join(directory, f"distill.{split}.json")
+        training = split == self.cfg.train_subset
+        rerun = f"re-run fairseq-kd-distill-corpus {self.cfg.data} --subset {split} --out {directory}"
+        if not training and not os.path.exists(meta_path):
+            logger.info(f"no distilled targets for {split} ({meta_path} not found): gold target only")
+            return None
         distilled = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
         if distilled is None:
-            if split == getattr(self.cfg, "train_subset", "train") or split == "train":
-                raise FileNotFoundError(f"no distilled {split} split at {prefix}.{{bin,idx}}")
+            if training:
+                raise FileNotFoundError(f"no distilled {split} split at {prefix}.{{bin,idx}}: {rerun}")
+            logger.info(f"no distilled targets for {split} ({prefix}.{{bin,idx}} not found): gold target only")
             return None
+        if not os.path.exists(meta_path):
+            raise ValueError(
+                f"distilled {split} split {prefix} has no {meta_path} (not written by fairseq-kd-distill-corpus, "
+                f"or unfinished), so its alignment with the data cannot be checked: {rerun}"
+            )
         if len(distilled) != len(dataset):
             raise ValueError(
                 f"distilled {split} split {prefix} has {len(distilled)} sentences, "
-                f"the data has {len(dataset)}: it was not made from this split"
+                f"the data has {len(dataset)}: it was not made from this split; {rerun}"
             )
+        check_distilled_meta(meta_path, split, dataset, self.src_dict, self.tgt_dict, rerun)
         logger.info(f"distilled targets for {split}: {prefix}")
         return distilled
 

@@ -94,6 +94,11 @@ class TranslationLevKDTask(TranslationLevenshteinTask):
 
     @classmethod
     def setup_task(cls, cfg: TranslationLevKDConfig, **kwargs):
+        if cfg.teacher_path and cfg.left_pad_target:  # fail before training starts, not at a batch
+            raise ValueError(
+                "translation_lev_kd expects right-padded targets that start with <s> (teacher_net_input reads "
+                "them from target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
+            )
         if cfg.teacher_path:
             check_files_exist(split_paths(cfg.teacher_path))  # fail before training starts
         task = super().setup_task(cfg, **kwargs)
