@@ -52,6 +52,8 @@ def test_every_entry_equals_a_direct_forward_with_that_slot_masked(setup, store3
     store = SoftLabelStore(out)
     store.check(dataset, task.target_dictionary)
     assert store.passes == passes and store.topk == K
+    gold_logprob = np.load(os.path.join(out, "gold_logprob.npy"))
+    counts = {"tokens": 0, "top1": 0, "in_topk": 0, "nll": 0.0}
     for i in range(len(dataset)):
         src, tgt = dataset[i]["source"], dataset[i]["target"]
         ids_i, logits_i = store[i]
@@ -64,8 +66,26 @@ def test_every_entry_equals_a_direct_forward_with_that_slot_masked(setup, store3
             values, ids = logits[mask].topk(K, dim=-1)
             assert torch.equal(ids_i[mask], ids), (i, p)
             assert torch.allclose(logits_i[mask].float(), values, atol=2e-2, rtol=1e-3)
+            # the teacher's quality: log p(gold) from the full softmax
+            gold = tgt[mask]
+            lp = torch.log_softmax(logits[mask].double(), -1).gather(1, gold[:, None]).squeeze(1)
+            a = int(store.offsets[i])
+            stored = torch.from_numpy(gold_logprob[a:a + len(tgt)][mask.numpy()]).double()
+            assert torch.allclose(stored, lp, atol=1e-4), (i, p)
+            counts["tokens"] += len(gold)
+            counts["top1"] += int((ids[:, 0] == gold).sum())
+            counts["in_topk"] += int((ids == gold[:, None]).any(1).sum())
+            counts["nll"] -= float(lp.sum())
             seen |= mask
         assert seen.all()
+    quality = store.quality
+    assert quality["tokens"] == counts["tokens"] == len(store.ids)
+    assert quality["top1_correct"] == counts["top1"] and quality["gold_in_topk"] == counts["in_topk"]
+    assert 0 < quality["top1_correct"] <= quality["gold_in_topk"] <= quality["tokens"]
+    assert quality["top1_accuracy"] == pytest.approx(100 * counts["top1"] / counts["tokens"])
+    assert quality["gold_nll"] == pytest.approx(counts["nll"] / counts["tokens"], rel=1e-4)
+    assert f"teacher top-1 accuracy {quality['top1_accuracy']:.1f}%" in proc.stdout
+    assert f"gold word in the stored top-{K} {quality['gold_in_topk_rate']:.1f}%" in proc.stdout
     assert json.load(open(os.path.join(out, "command.json")))["args"]["passes"] == passes
 
 
@@ -82,15 +102,16 @@ def test_killed_dump_resumes_to_the_same_store(setup, store3):
     assert 0 < done.sum() < len(done)
     # a rerun with other settings is refused, not mixed in
     code, err = dump_in_process(data_bin, teacher, out, passes=2)
-    assert code == 1 and "unfinished store written with other settings (passes)" in err
+    assert code == 2 and "unfinished store written with other settings (passes)" in err
     proc = dump(data_bin, teacher, out, passes=3, extra=["--max-tokens", "300"])
     assert f"({int(done.sum())} sentences resumed)" in proc.stdout
-    for name in ("ids", "logits", "offsets"):
+    for name in ("ids", "logits", "gold_logprob", "offsets"):
         assert np.array_equal(np.load(os.path.join(out, f"{name}.npy")), np.load(os.path.join(store3[0], f"{name}.npy")))
+    assert SoftLabelStore(out).quality == SoftLabelStore(store3[0]).quality
     assert not os.path.exists(os.path.join(out, "done.npy"))
     # a finished store is never overwritten
     code, err = dump_in_process(data_bin, teacher, out, passes=3)
-    assert code == 1 and "already holds a finished store" in err
+    assert code == 2 and "already holds a finished store" in err
 
 
 def dump_in_process(data_bin, teacher, out, passes):
@@ -109,9 +130,9 @@ def dump_in_process(data_bin, teacher, out, passes):
 def test_errors_name_the_bad_input(setup, tmp_path):
     root, data_bin, teacher = setup
     code, err = dump_in_process(data_bin, str(tmp_path / "nope.pt"), str(tmp_path / "o"), passes=3)
-    assert code == 1 and "teacher checkpoint not found: " + str(tmp_path / "nope.pt") in err
+    assert code == 2 and "teacher checkpoint not found: " + str(tmp_path / "nope.pt") in err
     code, err = dump_in_process(str(tmp_path / "nodata"), teacher, str(tmp_path / "o"), passes=3)
-    assert code == 1 and "data directory not found: " + str(tmp_path / "nodata") in err
+    assert code == 2 and "data directory not found: " + str(tmp_path / "nodata") in err
 
 
 def student_args(data_bin, store, kd_topk=3):

@@ -174,7 +174,7 @@ def test_check_parts_golden_messages():
 
 
 # ------------------------------------------------------ soft-label stores
-ARRAYS = ("ids", "logits", "offsets")
+ARRAYS = ("ids", "logits", "gold_logprob", "offsets")
 STORE_BATCHING = ("--max-tokens", "300", "--sort-window", "16")
 
 
@@ -245,8 +245,9 @@ def test_store_shards_merged_equal_one_process(store_runs, tiny_bert):
         assert merged[name].dtype == single[name].dtype and np.array_equal(merged[name], single[name]), name
     assert _header(store_runs / "three") == _header(one)  # num_shards 1, full ranges, same checksums
     assert _header(one)["num_shards"] == 1 and _header(one)["sentence_range"] == [0, 120]
-    assert sorted(os.listdir(store_runs / "three")) == ["command.merge.json", "header.json", *sorted(
-        f"{n}.npy" for n in ARRAYS)]
+    assert sorted(os.listdir(store_runs / "three")) == sorted(["command.merge.json", "header.json", *(
+        f"{n}.npy" for n in ARRAYS)])
+    assert "teacher_quality" in _header(one)  # summed over the parts: equal to one process's (above)
     assert sorted(os.listdir(parts)) == names  # parts kept by default
     from fairseq_kd.cli.dump_soft_labels import load_teacher
 

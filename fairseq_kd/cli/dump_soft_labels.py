@@ -108,7 +108,7 @@ def load_teacher(path, data, source_lang=None, target_lang=None):
         if target_lang:
             task_cfg.target_lang = target_lang
     task = tasks.setup_task(task_cfg)
-    check_teacher_dictionary(path, state, task.target_dictionary)
+    check_teacher_dictionary(path, state, task.target_dictionary, task.source_dictionary)
     rows = state["model"]["output_projection.weight"].size(0)
     if rows != len(task.target_dictionary):
         raise ValueError(
@@ -156,30 +156,36 @@ def teacher_topk(model, items, passes, topk, device, dtype):
     """Top-K of the teacher at every target slot of ``items`` (dataset items),
     each slot scored in the pass that masks it.
 
-    Returns (sentence, slot, ids N x K, logits N x K): N = all target tokens.
+    Returns (sentence, slot, ids N x K, logits N x K, gold_logprob N): N = all
+    target tokens; gold_logprob is the teacher's log-probability (full softmax,
+    T = 1) of the gold word, its quality measure.
     """
     from fairseq.data import data_utils
 
     from ..tasks.conditional_mlm import num_passes, pass_mask
 
     pad = model.pad
-    src_rows, tgt_rows, mask_rows, row_sentence = [], [], [], []
+    src_rows, tgt_rows, gold_rows, mask_rows, row_sentence = [], [], [], [], []
     for b, item in enumerate(items):
         target = item["target"]
         for p in range(num_passes(len(target), passes)):
             mask = pass_mask(len(target), passes, p)
             src_rows.append(item["source"])
             tgt_rows.append(target.masked_fill(mask, model.mask_idx))
+            gold_rows.append(target)
             mask_rows.append(mask)
             row_sentence.append(b)
     src = data_utils.collate_tokens(src_rows, pad).to(device)
     tgt = data_utils.collate_tokens(tgt_rows, pad).to(device)
     positions = data_utils.collate_tokens([m.long() for m in mask_rows], 0).bool().to(device)  # R x T
-    logits = model(src, None, tgt, positions=positions)[0]  # N x V, row-major over positions
-    values, ids = logits.float().topk(topk, dim=-1)  # N x K, descending
+    logits = model(src, None, tgt, positions=positions)[0].float()  # N x V, row-major over positions
+    values, ids = logits.topk(topk, dim=-1)  # N x K, descending
+    gold = data_utils.collate_tokens(gold_rows, pad).to(device)[positions]  # N
+    gold_logprob = logits.gather(1, gold.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
     rows, slots = positions.nonzero(as_tuple=True)
     sentence = torch.tensor(row_sentence, device=device)[rows]
-    return sentence.cpu().numpy(), slots.cpu().numpy(), ids.int().cpu().numpy(), values.cpu().numpy()
+    return (sentence.cpu().numpy(), slots.cpu().numpy(), ids.int().cpu().numpy(), values.cpu().numpy(),
+            gold_logprob.cpu().numpy())
 
 
 def _drop_pages(store) -> None:
@@ -251,12 +257,13 @@ def dump(args) -> dict:
     for batch in progress(batches, total=len(batches), desc=what, unit="batch"):
         if store.done[batch].all():
             continue
-        sentence, slot, ids, logits = teacher_topk(
+        sentence, slot, ids, logits, gold_logprob = teacher_topk(
             model, [dataset[start + int(j)] for j in batch], args.passes, args.topk, device, dtype
         )
         rows = offsets[batch[sentence]] + slot  # store rows of these target tokens
         store["ids"][rows] = ids
         store["logits"][rows] = logits.astype(np.float16)
+        store["gold_logprob"][rows] = gold_logprob
         if done_now == kill_after:
             for array in store.arrays.values():
                 array.flush()
@@ -266,6 +273,8 @@ def dump(args) -> dict:
         done_now += 1
         tokens_now += len(rows)
     elapsed = time.time() - t0
+    store.header["teacher_quality"] = soft_labels.measure_quality(
+        store.arrays, lambda j: dataset[start + j]["target"])
     header = array_store.finish(store)
     record_run(path, args)
     nbytes = sum(os.path.getsize(os.path.join(path, f"{n}.npy")) for n in header["arrays"])
@@ -286,12 +295,17 @@ def dump(args) -> dict:
         "bytes": nbytes,
         "seconds": elapsed,
         "path": path,
+        "teacher_quality": header["teacher_quality"],
+        "topk": args.topk,
     }
 
 
 def cli_main(argv=None) -> None:
     # OSError: a missing or unwritable file; StoreError is a ValueError
-    args, summary = run_command(get_parser(), dump, argv, errors=(OSError, ValueError), exit_code=1)
+    from ..data.soft_labels import describe_quality
+
+    args, summary = run_command(get_parser(), dump, argv, errors=(OSError, ValueError))
+    quality = describe_quality(summary["teacher_quality"], summary["topk"])
     if summary["num_shards"] > 1:
         start, end = summary["sentence_range"]
         tokens = summary["part_tokens"]
@@ -300,13 +314,14 @@ def cli_main(argv=None) -> None:
             f"[{start}, {end}) of {summary['sentences']}, {tokens} tokens "
             f"({summary['resumed_sentences']} sentences resumed), {summary['tokens_per_second']:.0f} tokens/s, "
             f"{summary['bytes']} bytes ({summary['bytes'] / max(tokens, 1):.1f} B/token) -> {summary['path']} "
-            f"(when all shards are done: fairseq-kd-merge-shards {args.out})"
+            f"(when all shards are done: fairseq-kd-merge-shards {args.out}); {quality}"
         )
         return
     print(
         f"dumped {args.subset}: {summary['sentences']} sentences, {summary['tokens']} tokens "
         f"({summary['resumed_sentences']} sentences resumed), {summary['tokens_per_second']:.0f} tokens/s, "
-        f"{summary['bytes']} bytes ({summary['bytes'] / max(summary['tokens'], 1):.1f} B/token) -> {args.out}"
+        f"{summary['bytes']} bytes ({summary['bytes'] / max(summary['tokens'], 1):.1f} B/token) -> {args.out}; "
+        f"{quality}"
     )
 
 

@@ -11,9 +11,20 @@ included, sentences in dataset order) plus ``header.json``
   dictionary), by descending logit;
 - ``logits.npy``   tokens x K float16, their raw logits (the temperature is
   applied at training time, see ``losses.topk_soft_targets``);
+- ``gold_logprob.npy``  tokens float32, the teacher's log-probability of the
+  gold word (full softmax, T = 1): what the teacher's quality is measured by;
 - ``offsets.npy``  (sentences + 1) int64: sentence i is rows offsets[i]:offsets[i+1].
 
-With K = 8 that is 48 bytes a token (+ 8 a sentence).
+With K = 8 that is 52 bytes a token (+ 8 a sentence). Stores of version 1
+(before ``gold_logprob``) are still read.
+
+Teacher quality. A finished store's header holds ``teacher_quality``: over the
+tokens it holds, how often the teacher's top-1 word is the gold word
+(``top1_accuracy``), how often the gold word is among the stored K
+(``gold_in_topk``) and the teacher's mean NLL of the gold word (``gold_nll``,
+nats), with the counts they come from (a merge sums the parts' counts). A
+teacher that is worse than the student it teaches is visible before any
+student is trained.
 
 The header records what the rows mean and what they belong to: ``topk``,
 ``passes``, ``split``, the dictionary's checksum and size, the split's
@@ -46,7 +57,8 @@ from . import array_store
 from .array_store import StoreError
 
 KIND = "soft_labels"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no gold_logprob array, no teacher_quality
 
 
 def target_sizes(dataset) -> np.ndarray:
@@ -105,8 +117,62 @@ def _arrays(tokens: int, sentences: int, topk: int) -> Dict[str, Tuple[Tuple[int
     return {
         "ids": ((tokens, topk), "int32"),
         "logits": ((tokens, topk), "float16"),
+        "gold_logprob": ((tokens,), "float32"),
         "offsets": ((sentences + 1,), "int64"),
     }
+
+
+QUALITY_COUNTS = ("tokens", "top1_correct", "gold_in_topk", "gold_nll_micronats")
+"""Integer counts (the NLL summed in millionths of a nat: integer sums do not depend on
+how a dump was sharded, so a merged store's header equals one process's)."""
+
+
+def quality_counts(ids: np.ndarray, gold_logprob: np.ndarray, gold: np.ndarray) -> Dict[str, float]:
+    """Counts of the teacher's quality over N tokens: ids N x K (descending),
+    gold_logprob N, gold N (the gold word ids)."""
+    ids, gold = np.asarray(ids), np.asarray(gold).reshape(-1, 1)
+    return {
+        "tokens": int(len(gold)),
+        "top1_correct": int((ids[:, :1] == gold).sum()),
+        "gold_in_topk": int((ids == gold).any(axis=1).sum()),
+        "gold_nll_micronats": int(np.rint(-1e6 * np.asarray(gold_logprob, dtype=np.float64)).astype(np.int64).sum()),
+    }
+
+
+def quality_summary(counts: Dict[str, float]) -> Dict[str, float]:
+    """The header's ``teacher_quality``: the counts and the rates they give."""
+    n = max(int(counts["tokens"]), 1)
+    return dict(
+        {k: counts[k] for k in QUALITY_COUNTS},
+        top1_accuracy=100.0 * counts["top1_correct"] / n,
+        gold_in_topk_rate=100.0 * counts["gold_in_topk"] / n,
+        gold_nll=counts["gold_nll_micronats"] / 1e6 / n,
+    )
+
+
+def measure_quality(arrays, target_of, chunk: int = 4096) -> Dict[str, float]:
+    """``teacher_quality`` of a store's ``arrays`` (ids, gold_logprob, offsets);
+    ``target_of(j)`` is the gold target (1-D ids) of its j-th sentence. Reads
+    ``chunk`` sentences at a time."""
+    offsets = np.asarray(arrays["offsets"])
+    total = dict.fromkeys(QUALITY_COUNTS, 0)
+    for first in range(0, len(offsets) - 1, chunk):
+        last = min(first + chunk, len(offsets) - 1)
+        a, b = int(offsets[first]), int(offsets[last])
+        gold = np.concatenate([np.asarray(target_of(j)) for j in range(first, last)])
+        if len(gold) != b - a:
+            raise StoreError(f"{len(gold)} gold tokens for store rows [{a}, {b})")
+        counts = quality_counts(arrays["ids"][a:b], arrays["gold_logprob"][a:b], gold)
+        for k in QUALITY_COUNTS:
+            total[k] += counts[k]
+    return quality_summary(total)
+
+
+def describe_quality(quality: Dict[str, float], topk: int) -> str:
+    """One line: the teacher's top-1 accuracy, gold NLL and top-K coverage."""
+    return (f"teacher top-1 accuracy {quality['top1_accuracy']:.1f}%, gold NLL {quality['gold_nll']:.3f} nats, "
+            f"gold word in the stored top-{topk} {quality['gold_in_topk_rate']:.1f}% "
+            f"({quality['tokens']} tokens)")
 
 
 def create_or_resume(path: str, header: Dict[str, Any], sizes: Sequence[int]) -> array_store.PendingStore:
@@ -238,6 +304,11 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
         raise StoreError(f"the parts' token ranges {token_ranges} do not cover the {parts[0]['tokens']} tokens")
 
     header = merged_header(parts[0])
+    if all("teacher_quality" in p for p in parts):
+        header["teacher_quality"] = quality_summary(
+            {k: sum(p["teacher_quality"][k] for p in parts) for k in QUALITY_COUNTS})
+    else:
+        header.pop("teacher_quality", None)
     parent_of_out = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent_of_out, exist_ok=True)
     tmp = os.path.join(parent_of_out, f".{os.path.basename(os.path.normpath(out))}.merge-tmp-{os.getpid()}")
@@ -249,7 +320,7 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
         for j, (part, a) in enumerate(zip(parts, arrays)):
             (start, end), (first, last) = part["sentence_range"], part["token_range"]
             store["offsets"][start + 1:end + 1] = first + np.asarray(a["offsets"][1:])
-            for name in ("ids", "logits"):  # chunked: parts can be larger than memory
+            for name in [n for n in ("ids", "logits", "gold_logprob") if n in a]:  # chunked: parts can be larger than memory
                 for row in range(0, last - first, chunk_rows):
                     stop = min(row + chunk_rows, last - first)
                     store[name][first + row:first + stop] = a[name][row:stop]
@@ -276,8 +347,10 @@ class SoftLabelStore:
     def __init__(self, path: str):
         self.path = path
         self.header, arrays = array_store.open_store(path, kind=KIND)
-        if self.header.get("version") != VERSION:
-            raise StoreError(f"{path}: store version {self.header.get('version')!r}, this code reads {VERSION}")
+        if self.header.get("version") not in READABLE_VERSIONS:
+            raise StoreError(f"{path}: store version {self.header.get('version')!r}, this code reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
+        self.quality = self.header.get("teacher_quality")  # None for version 1
         self.ids, self.logits, self.offsets = arrays["ids"], arrays["logits"], arrays["offsets"]
         self.split = self.header["split"]
         self.topk = int(self.header["topk"])
