@@ -16,7 +16,25 @@ References
   temperature T, against the student's full-vocabulary log-probabilities.
 - Tang, Lu, Liu, Mou, Vechtomova, Lin (2019), Distilling Task-Specific
   Knowledge from BERT into Simple Neural Networks: MSE between logits.
+- Agarwal, Vieillard, Zhou, Stanczyk, Ramos Garea, Geist, Bachem (2024), On-Policy
+  Distillation of Language Models: Learning from Self-Generated Mistakes (GKD),
+  ICLR: the generalized Jensen-Shannon divergence JSD(beta).
+- Ko, Kim, Chen, Yun (2024), DistiLLM: Towards Streamlined Distillation for Large
+  Language Models, ICML: skew KL and skew reverse KL.
+- Wang, Zhang, Zhou, Li, Gu, Zhou, Sun (2021), Selective Knowledge Distillation for
+  Neural Machine Translation, ACL: KD on the words of highest student cross-entropy.
+
+Divergences against a top-K teacher. A teacher known on K word ids only (a
+soft-label store, or ``--kd-topk``) is a distribution q_K over those K ids
+(renormalized: its mass off them is 0). Every divergence below then compares two
+distributions over K + 1 buckets: the K ids, and one tail bucket holding all the
+other words, with teacher mass q_tail = 0 and student mass p_tail = 1 - sum_K p.
+The forward KL keeps its meaning (the tail adds q_tail log(q_tail / p_tail) = 0);
+the reverse KL would add p_tail log(p_tail / 0) = infinity, so the reverse KL (and
+JSD at beta = 1, skew reverse KL at skew 0, which are the reverse KL) refuse a
+top-K teacher.
 """
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -161,6 +179,260 @@ def kd_kl_divergence(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] 
     """
     entropy_T = -(probs_T * probs_T.clamp_min(1e-30).log()).sum(-1)  # N
     return kd_cross_entropy(lprobs_S, probs_T, ids_T) - entropy_T
+
+
+# Divergence choice (``--kd-divergence``): the names, and the functions that compute them.
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+
+# log q is taken as log max(q, 1e-30): a teacher probability that underflowed to 0
+# (or a word off a top-K teacher's support) costs at most 69 nats a unit of p there
+_LOG_FLOOR = 1e-30
+
+
+def _on_teacher_support(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor]):
+    """(lp, q, log_q, tail): the student's log p and the teacher's q and log q on the
+    teacher's support (N x V, or N x K with ``ids_T``), and the student's mass off it
+    (N values, p_tail = 1 - sum_K p clamped at 0; None for a full-vocabulary teacher).
+    In float32 (float64 when an input is)."""
+    dtype = torch.promote_types(torch.promote_types(lprobs_S.dtype, probs_T.dtype), torch.float32)  # float32 or 64
+    lp = (lprobs_S if ids_T is None else lprobs_S.gather(-1, ids_T)).to(dtype)
+    q = probs_T.to(dtype)
+    tail = None if ids_T is None else (1.0 - lp.exp().sum(-1)).clamp_min(0.0)
+    return lp, q, q.clamp_min(_LOG_FLOOR).log(), tail
+
+
+def _refuse_topk(ids_T: Optional[Tensor], what: str) -> None:
+    if ids_T is not None:
+        raise ValueError(
+            f"{what} is infinite against a top-K teacher (the student's mass off the K words has teacher "
+            "probability 0): it needs the teacher on the whole vocabulary"
+        )
+
+
+def kd_reverse_kl(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None) -> Tensor:
+    """Reverse KL, KL(p || q) = sum_v p_v (log p_v - log q_v), at each position.
+
+    Args:
+        lprobs_S: N x V student log-probabilities log p.
+        probs_T: N x V teacher probabilities q.
+        ids_T: must be None: against a top-K teacher the reverse KL is infinite
+            (see the module docstring), a ValueError.
+
+    Returns:
+        N values >= 0; mode-seeking (the student is pushed off words the teacher
+        finds unlikely), as used by MiniLLM (Gu et al. 2024) and GKD (Agarwal et
+        al. 2024) for generation. log q is floored at log 1e-30.
+    """
+    _refuse_topk(ids_T, "the reverse KL")
+    lp, _, log_q, _ = _on_teacher_support(lprobs_S, probs_T, None)
+    return (lp.exp() * (lp - log_q)).sum(-1)
+
+
+def kd_generalized_jsd(
+    lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None, beta: float = 0.5
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence JSD(beta) of GKD (Agarwal et al. 2024, eq. 3).
+
+    Args:
+        lprobs_S: N x V student log-probabilities log p.
+        probs_T: N x V teacher probabilities q, or N x K with ``ids_T``.
+        ids_T: N x K word ids of a top-K teacher, or None.
+        beta: in [0, 1], the teacher's weight in the mixture.
+
+    Returns:
+        N values, for 0 < beta < 1:
+        JSD(beta) = beta KL(q || m) + (1 - beta) KL(p || m),  m = beta q + (1 - beta) p,
+        TRL's ``GKDTrainer.generalized_jsd_loss`` convention (teacher weight beta);
+        beta = 0.5 is the symmetric Jensen-Shannon divergence, at most log 2.
+        At the ends, as TRL does, beta = 0 returns the forward KL(q || p)
+        (``kd_kl_divergence``) and beta = 1 the reverse KL(p || q) (``kd_reverse_kl``).
+        These are not the formula's values there (it tends to 0 at both ends:
+        JSD(beta) ~ beta KL(q || p) as beta -> 0 and ~ (1 - beta) KL(p || q) as
+        beta -> 1): the ends are the limits of JSD(beta) / beta and
+        JSD(beta) / (1 - beta), a jump in scale that a beta sweep must expect.
+
+    With a top-K teacher (K + 1 buckets, module docstring) the tail bucket adds
+    (1 - beta) p_tail log(p_tail / ((1 - beta) p_tail)) = -(1 - beta) log(1 - beta) p_tail;
+    beta = 1 (the reverse KL) is refused there.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return kd_kl_divergence(lprobs_S, probs_T, ids_T)
+    if beta == 1.0:
+        return kd_reverse_kl(lprobs_S, probs_T, ids_T)
+    lp, q, log_q, tail = _on_teacher_support(lprobs_S, probs_T, ids_T)
+    log_m = torch.logaddexp(log_q + math.log(beta), lp + math.log1p(-beta))
+    jsd = beta * (q * (log_q - log_m)).sum(-1) + (1.0 - beta) * (lp.exp() * (lp - log_m)).sum(-1)
+    if tail is not None:
+        jsd = jsd - (1.0 - beta) * math.log1p(-beta) * tail
+    return jsd
+
+
+def _check_skew(skew: float) -> None:
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew must be in [0, 1), got {skew}")
+
+
+def kd_skew_forward_kl(
+    lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None, skew: float = 0.1
+) -> Tensor:
+    """Skew KL of DistiLLM (Ko et al. 2024, eq. 3): KL(q || a q + (1 - a) p), a = ``skew``.
+
+    Args:
+        lprobs_S, probs_T, ids_T: as for :func:`kd_cross_entropy`.
+        skew: a in [0, 1); 0 is the plain forward KL(q || p) (``kd_kl_divergence``),
+            and the value falls to 0 as a -> 1 (a = 1 compares q with itself: refused).
+            DistiLLM uses a = 0.1.
+
+    Returns:
+        N values >= 0, sum_v q_v (log q_v - log(a q_v + (1 - a) p_v)). The mixture
+        bounds the ratio q / m by 1 / a, which keeps the gradient finite where
+        p is near 0. With a top-K teacher the tail bucket adds q_tail log(...) = 0.
+    """
+    _check_skew(skew)
+    lp, q, log_q, _ = _on_teacher_support(lprobs_S, probs_T, ids_T)
+    log_m = lp if skew == 0.0 else torch.logaddexp(log_q + math.log(skew), lp + math.log1p(-skew))
+    return (q * (log_q - log_m)).sum(-1)
+
+
+def kd_skew_reverse_kl(
+    lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None, skew: float = 0.1
+) -> Tensor:
+    """Skew reverse KL of DistiLLM (Ko et al. 2024): KL(p || a p + (1 - a) q), a = ``skew``.
+
+    Args:
+        lprobs_S, probs_T, ids_T: as for :func:`kd_cross_entropy`.
+        skew: a in [0, 1); 0 is the plain reverse KL(p || q) (``kd_reverse_kl``).
+
+    Returns:
+        N values >= 0, sum_v p_v (log p_v - log(a p_v + (1 - a) q_v)). With a
+        top-K teacher the tail bucket adds p_tail log(p_tail / (a p_tail)) =
+        -log(a) p_tail, finite for a > 0; a = 0 (the reverse KL) is refused there.
+    """
+    _check_skew(skew)
+    if skew == 0.0:
+        return kd_reverse_kl(lprobs_S, probs_T, ids_T)
+    lp, _, log_q, tail = _on_teacher_support(lprobs_S, probs_T, ids_T)
+    log_m = torch.logaddexp(lp + math.log(skew), log_q + math.log1p(-skew))
+    skl = (lp.exp() * (lp - log_m)).sum(-1)
+    if tail is not None:
+        skl = skl - math.log(skew) * tail
+    return skl
+
+
+def kd_total_variation(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None) -> Tensor:
+    """Total variation distance TV(q, p) = 1/2 sum_v |q_v - p_v| at each position.
+
+    Args:
+        lprobs_S, probs_T, ids_T: as for :func:`kd_cross_entropy`.
+
+    Returns:
+        N values in [0, 1]. With a top-K teacher the tail bucket adds
+        1/2 |0 - p_tail| = p_tail / 2. Its gradient in p is sign(p - q) / 2
+        (0 where p = q exactly), bounded whatever q is.
+    """
+    lp, q, _, tail = _on_teacher_support(lprobs_S, probs_T, ids_T)
+    tv = 0.5 * (q - lp.exp()).abs().sum(-1)
+    return tv if tail is None else tv + 0.5 * tail
+
+
+def kd_divergence(
+    lprobs_S: Tensor,
+    probs_T: Tensor,
+    ids_T: Optional[Tensor] = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    skew: float = 0.1,
+) -> Tensor:
+    """The KD term named by ``divergence`` (one of ``DIVERGENCES``) at each position.
+
+    Args:
+        lprobs_S, probs_T, ids_T: as for :func:`kd_cross_entropy`.
+        divergence: ``forward_kl`` is the cross-entropy H(q, p) (``kd_cross_entropy``,
+            the KL plus the teacher's entropy, which has no gradient); ``reverse_kl``,
+            ``jsd`` (with ``beta``), ``skew_forward_kl`` / ``skew_reverse_kl`` (with
+            ``skew``) and ``tvd`` are the functions above.
+
+    Returns:
+        N values.
+    """
+    if divergence == "forward_kl":
+        return kd_cross_entropy(lprobs_S, probs_T, ids_T)
+    if divergence == "reverse_kl":
+        return kd_reverse_kl(lprobs_S, probs_T, ids_T)
+    if divergence == "jsd":
+        return kd_generalized_jsd(lprobs_S, probs_T, ids_T, beta)
+    if divergence == "skew_forward_kl":
+        return kd_skew_forward_kl(lprobs_S, probs_T, ids_T, skew)
+    if divergence == "skew_reverse_kl":
+        return kd_skew_reverse_kl(lprobs_S, probs_T, ids_T, skew)
+    if divergence == "tvd":
+        return kd_total_variation(lprobs_S, probs_T, ids_T)
+    raise ValueError(f"unknown divergence {divergence!r}: one of {', '.join(DIVERGENCES)}")
+
+
+def needs_full_teacher(divergence: str, beta: float = 0.5, skew: float = 0.1) -> bool:
+    """Whether ``divergence`` is the reverse KL, infinite against a top-K teacher:
+    ``reverse_kl``, ``jsd`` at beta = 1, ``skew_reverse_kl`` at skew 0."""
+    return (
+        divergence == "reverse_kl"
+        or (divergence == "jsd" and beta == 1.0)
+        or (divergence == "skew_reverse_kl" and skew == 0.0)
+    )
+
+
+# Selective distillation (Wang et al. 2021): which positions get the KD term.
+def _top_fraction_count(n: int, ratio: float) -> int:
+    """ceil(ratio * n), at least 1 and at most n (n > 0); rounding noise such as
+    0.3 * 10 = 3.0000000000000004 does not add a position."""
+    return min(n, max(1, math.ceil(ratio * n - 1e-6)))
+
+
+def select_batch(ce_S: Tensor, ratio: float) -> Tensor:
+    """Batch-level selection: the ceil(ratio * N) positions of highest student cross-entropy.
+
+    Args:
+        ce_S: N values, the student's cross-entropy -log p(gold) at each position.
+        ratio: r in (0, 1].
+
+    Returns:
+        N booleans with exactly ceil(r N) True (at least 1 when N > 0; ties are
+        broken by ``topk``'s order).
+    """
+    selected = torch.zeros_like(ce_S, dtype=torch.bool)
+    if ce_S.numel():
+        selected[ce_S.topk(_top_fraction_count(ce_S.numel(), ratio)).indices] = True
+    return selected
+
+
+def fifo_push(queue: Optional[Tensor], ce_S: Tensor, capacity: int) -> Tensor:
+    """The last ``capacity`` values of ``queue`` (None = empty) followed by ``ce_S`` (detached)."""
+    ce_S = ce_S.detach().float().reshape(-1)
+    joined = ce_S if queue is None else torch.cat([queue.to(ce_S.device), ce_S])
+    return joined[-capacity:]
+
+
+def select_global(ce_S: Tensor, queue: Tensor, ratio: float) -> Tensor:
+    """Global-level selection: the positions whose student cross-entropy is among the
+    top r of a queue of recent words' cross-entropies.
+
+    Args:
+        ce_S: N values, this batch's student cross-entropies.
+        queue: Q values, the recent words' cross-entropies, this batch's included
+            (``fifo_push`` before selecting, as Wang et al. do, so that the first batch
+            has a threshold).
+        ratio: r in (0, 1].
+
+    Returns:
+        N booleans, ce_S >= t, where t is the ceil(r Q)-th largest value of the queue
+        (its (1 - r) quantile, taken at a queue element). Positions tied at t are all
+        selected.
+    """
+    if not queue.numel():
+        return torch.ones_like(ce_S, dtype=torch.bool)
+    threshold = queue.topk(_top_fraction_count(queue.numel(), ratio)).values[-1]
+    return ce_S >= threshold.to(ce_S.dtype)
 
 
 def argmax_agreement(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None) -> Tensor:

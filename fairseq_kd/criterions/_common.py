@@ -2,7 +2,9 @@
 
 ``LabelSmoothedBaseCriterion`` is ``label_smoothed_cross_entropy`` with its
 ``forward`` cut into the parts that ``word_kd``, ``seq_kd`` and ``d2gpo`` reuse
-around the term each adds; the functions below check options and log sums.
+around the term each adds; ``KDDivergenceConfig`` holds the ``--kd-divergence``
+options that ``word_kd`` and ``nat_word_kd`` share; the functions below check
+options and log sums.
 
 ``reduce=False``, in every criterion built on it, returns what fairseq's
 ``label_smoothed_nll_loss`` returns unreduced: one loss per target position,
@@ -12,11 +14,39 @@ column sums to the reduced loss. Logging outputs hold sums either way (fairseq
 logs the unreduced column itself, which ``reduce_metrics`` cannot sum).
 """
 import math
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence
 
 from fairseq import utils
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
+
+from .. import losses
+
+
+@dataclass
+class KDDivergenceConfig(FairseqDataclass):
+    """``--kd-divergence`` and its parameters, shared by ``word_kd`` and ``nat_word_kd``
+    (``losses.kd_divergence``; the README's "Divergence choice" lists the formulas)."""
+
+    kd_divergence: ChoiceEnum(losses.DIVERGENCES) = field(
+        default="forward_kl",
+        metadata={
+            "help": "the KD term: forward_kl (cross-entropy to the teacher, the default), reverse_kl, "
+            "jsd (generalized JSD, --kd-beta), skew_forward_kl / skew_reverse_kl (--kd-skew), tvd"
+        },
+    )
+    kd_beta: float = field(
+        default=0.5,
+        metadata={"help": "jsd: the teacher's weight in the mixture, in [0, 1]; 0.5 is the symmetric JSD, "
+                  "0 the forward KL and 1 the reverse KL (as TRL's GKD)"},
+    )
+    kd_skew: float = field(
+        default=0.1,
+        metadata={"help": "skew_forward_kl / skew_reverse_kl: the skew a in [0, 1) (DistiLLM uses 0.1); "
+                  "0 is the plain KL"},
+    )
 
 
 class LabelSmoothedBaseCriterion(LabelSmoothedCrossEntropyCriterion):
@@ -57,6 +87,24 @@ def check_weight(option: str, value: float) -> None:
     """Raise unless an interpolation weight (``--kd-alpha`` ...) is in [0, 1]."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{option} must be in [0, 1], got {value}")
+
+
+def check_divergence(divergence: str, beta: float, skew: float, topk_teacher: bool) -> None:
+    """Raise on a ``--kd-divergence`` setting without a sound definition: ``--kd-beta``
+    outside [0, 1], ``--kd-skew`` outside [0, 1), or the reverse KL (``losses.needs_full_teacher``)
+    against a teacher known on its top K words only (a store or ``--kd-topk``)."""
+    if str(divergence) not in losses.DIVERGENCES:
+        raise ValueError(f"--kd-divergence {divergence} is unknown: use one of {', '.join(losses.DIVERGENCES)}")
+    check_weight("--kd-beta", beta)
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"--kd-skew must be in [0, 1), got {skew} (a skew of 1 compares a distribution with itself)")
+    if topk_teacher and losses.needs_full_teacher(str(divergence), beta, skew):
+        setting = {"jsd": " --kd-beta 1", "skew_reverse_kl": " --kd-skew 0"}.get(str(divergence), "")
+        raise ValueError(
+            f"--kd-divergence {divergence}{setting} is the reverse KL, infinite against a top-K teacher "
+            "(--soft-labels or --kd-topk > 0): use an online teacher with --kd-topk 0, or jsd with --kd-beta < 1, "
+            "skew_reverse_kl with --kd-skew > 0, or tvd"
+        )
 
 
 def sum_logs(logging_outputs: Iterable[Dict], key: str):

@@ -49,6 +49,14 @@ gold term before interpolation), ``length-loss``, ..., ``kd-loss``; fairseq
 prints them as ``word_ins``, ``length``, ..., ``kd`` (base 2). At alpha = 0
 the teacher is not run at all and ``kd-loss`` is not logged: the loss and the
 logs are ``nat_loss``'s.
+
+``--kd-divergence`` (``losses.kd_divergence``, as in ``word_kd``) replaces
+H(q_i, p_i) by the reverse KL, the generalized JSD (``--kd-beta``), a skew KL
+(``--kd-skew``) or the total variation; the default ``forward_kl`` is the
+cross-entropy above. Against a top-K teacher (``--kd-topk``) the divergences are
+taken over the K words plus one tail bucket (``losses`` module docstring); the
+reverse KL is refused there. (Selective distillation, ``--kd-selection``, is
+``word_kd``'s only.)
 """
 from dataclasses import dataclass, field
 
@@ -61,11 +69,11 @@ from fairseq.criterions.nat_loss import (
 )
 
 from .. import losses
-from ._common import check_weight
+from ._common import KDDivergenceConfig, check_divergence, check_weight
 
 
 @dataclass
-class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig):
+class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig, KDDivergenceConfig):
     kd_alpha: float = field(
         default=0.5,
         metadata={"help": "weight of the KD term in the word_ins term: (1-alpha)*word_ins + alpha*KD"},
@@ -81,11 +89,15 @@ class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig):
 
 @register_criterion("nat_word_kd", dataclass=NatWordKDCriterionConfig)
 class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
-    def __init__(self, task, label_smoothing, kd_alpha=0.5, kd_temperature=1.0, kd_topk=0):
+    def __init__(
+        self, task, label_smoothing, kd_alpha=0.5, kd_temperature=1.0, kd_topk=0,
+        kd_divergence="forward_kl", kd_beta=0.5, kd_skew=0.1,
+    ):
         super().__init__(task, label_smoothing)
         check_weight("--kd-alpha", kd_alpha)
         if kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
+        check_divergence(kd_divergence, kd_beta, kd_skew, topk_teacher=kd_topk > 0)
         if not hasattr(task, "teacher_soft_targets") or not hasattr(task, "inject_noise"):
             raise ValueError("--criterion nat_word_kd needs --task translation_lev_kd (it owns the teacher)")
         if getattr(task, "teacher", None) is None:
@@ -93,6 +105,9 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         self.kd_alpha = kd_alpha
         self.kd_temperature = kd_temperature
         self.kd_topk = kd_topk
+        self.kd_divergence = str(kd_divergence)
+        self.kd_beta = kd_beta
+        self.kd_skew = kd_skew
 
     def forward(self, model, sample, reduce=True):
         src_tokens = sample["net_input"]["src_tokens"]
@@ -153,7 +168,7 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         return mask
 
     def compute_kd(self, model, word_ins, sample):
-        """KD = mean over the KD positions of H(q_T, p_S); 0 when there is none."""
+        """KD = mean over the KD positions of H(q_T, p_S) (or ``--kd-divergence``); 0 when there is none."""
         mask = self.kd_positions(word_ins, sample["target"])
         if not mask.any():
             return word_ins["out"].new_zeros(()).float()
@@ -162,4 +177,4 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         )
         probs_T, ids_T, _ = teacher
         lprobs_S = F.log_softmax(word_ins["out"][mask].float(), dim=-1)  # N x V
-        return losses.kd_cross_entropy(lprobs_S, probs_T, ids_T).mean()
+        return losses.kd_divergence(lprobs_S, probs_T, ids_T, self.kd_divergence, self.kd_beta, self.kd_skew).mean()

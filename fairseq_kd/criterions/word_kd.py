@@ -35,20 +35,57 @@ on the same positions with ``--report-accuracy``.
 
 ``reduce=False`` returns per-token losses as ``label_smoothed_cross_entropy``
 does (see ``_common``): (B*T) x 1, 0 at pads, summing to the reduced loss.
+
+Divergence choice (``--kd-divergence``, ``losses.kd_divergence``): ``forward_kl``
+(the default) is the cross-entropy above and keeps the fused path; ``reverse_kl``,
+``jsd`` (``--kd-beta``, Agarwal et al. 2024), ``skew_forward_kl`` /
+``skew_reverse_kl`` (``--kd-skew``, Ko et al. 2024) and ``tvd`` replace
+H(q_t, p_t) in KD and take the unfused path. ``--kd-t2-scaling`` multiplies
+whichever divergence. Against a top-K teacher (a store or ``--kd-topk``) each is
+taken over the K words plus one tail bucket (``losses`` module docstring); the
+reverse KL is infinite there and is refused when the criterion is built.
+
+Selective distillation (Wang et al. 2021, ``--kd-selection``): KD is summed only
+over the selected positions, the gold term over all of them. The selection
+score is the student's cross-entropy of the gold word at temperature 1
+(detached). ``batch`` takes the ceil(r * N) highest of the batch's N positions;
+``global`` pushes the batch's scores into a FIFO queue of the last
+``--kd-selection-queue`` words' scores, then keeps the positions whose score
+is at least the queue's ceil(r * Q)-th largest (its 1 - r quantile). The queue
+is the criterion's state: not a parameter, not saved in checkpoints (a resumed
+run starts with an empty queue), one per rank under DDP (each rank's
+threshold comes from its own batches), filled from training batches only
+(validation thresholds against it and its own batch without storing them).
+Selection takes the unfused path. ``kd_loss``, ``teacher_agree`` and
+``teacher_accuracy`` are still over every KD position (what the divergence
+is); ``kd_selected_fraction`` is the fraction of them that carried the KD
+term.
 """
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from .. import losses
-from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, sum_logs, summed_data
+from ._common import (
+    KDDivergenceConfig,
+    LabelSmoothedBaseCriterion,
+    check_divergence,
+    check_weight,
+    log_per_count_base2,
+    sum_logs,
+    summed_data,
+)
+
+SELECTIONS = ("none", "batch", "global")
 
 
 @dataclass
-class WordKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+class WordKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig, KDDivergenceConfig):
     kd_alpha: float = field(
         default=0.5,
         metadata={"help": "weight of the KD term: (1-alpha)*NLL + alpha*KD; 0 = no KD, 1 = pure KD"},
@@ -71,6 +108,22 @@ class WordKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default=False,
         metadata={"help": "multiply the KD term by T^2 (Hinton et al. 2015); off as in Chen et al. 2020"},
     )
+    kd_selection: ChoiceEnum(SELECTIONS) = field(
+        default="none",
+        metadata={
+            "help": "selective distillation (Wang et al. 2021): KD only on the words of highest student "
+            "cross-entropy, the top --kd-selection-ratio of the batch (batch) or above the queue's "
+            "1 - ratio quantile (global); none = every word"
+        },
+    )
+    kd_selection_ratio: float = field(
+        default=0.5, metadata={"help": "the fraction r in (0, 1] of words that get the KD term"}
+    )
+    kd_selection_queue: int = field(
+        default=30000,
+        metadata={"help": "--kd-selection global: the number of recent words whose cross-entropies set the "
+                  "threshold (per rank; not saved in checkpoints)"},
+    )
 
 
 @register_criterion("word_kd", dataclass=WordKDCriterionConfig)
@@ -87,6 +140,12 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         kd_student_temperature=1.0,
         kd_topk=0,
         kd_t2_scaling=False,
+        kd_divergence="forward_kl",
+        kd_beta=0.5,
+        kd_skew=0.1,
+        kd_selection="none",
+        kd_selection_ratio=0.5,
+        kd_selection_queue=30000,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         check_weight("--kd-alpha", kd_alpha)
@@ -94,6 +153,21 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
             raise ValueError("--kd-temperature and --kd-student-temperature must be > 0")
         if not hasattr(task, "teacher_soft_targets"):
             raise ValueError("--criterion word_kd needs --task translation_kd (it provides the teacher)")
+        store = getattr(getattr(task, "cfg", None), "soft_labels", None)
+        check_divergence(kd_divergence, kd_beta, kd_skew, topk_teacher=kd_topk > 0 or bool(store))
+        if str(kd_selection) not in SELECTIONS:
+            raise ValueError(f"--kd-selection {kd_selection} is unknown: use one of {', '.join(SELECTIONS)}")
+        if not 0.0 < kd_selection_ratio <= 1.0:
+            raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
+        if kd_selection_queue < 1:
+            raise ValueError(f"--kd-selection-queue must be >= 1, got {kd_selection_queue}")
+        self.kd_divergence = str(kd_divergence)
+        self.kd_beta = kd_beta
+        self.kd_skew = kd_skew
+        self.kd_selection = str(kd_selection)
+        self.kd_selection_ratio = kd_selection_ratio
+        self.kd_selection_queue = kd_selection_queue
+        self.selection_queue = None  # global selection: recent words' cross-entropies (not state_dict)
         self.kd_alpha = kd_alpha
         self.kd_temperature = kd_temperature
         self.kd_student_temperature = kd_student_temperature
@@ -132,10 +206,13 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
 
     def fused_kd(self, model, sample) -> bool:
         """Whether this batch takes the fused path (``losses.gold_and_kd_cross_entropy``):
-        a teacher and alpha > 0, the student's temperature 1, no ignored prefix, and
-        logits the student normalizes with a plain softmax (no adaptive softmax)."""
+        a teacher and alpha > 0, the forward KL without selection, the student's
+        temperature 1, no ignored prefix, and logits the student normalizes with a
+        plain softmax (no adaptive softmax)."""
         return (
             self.kd_alpha > 0
+            and self.kd_divergence == "forward_kl"
+            and self.kd_selection == "none"
             and self.kd_student_temperature == 1
             and self.ignore_prefix_size == 0
             and getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is None
@@ -187,22 +264,44 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         probs_T, ids_T, teacher_nll = teacher
         logits_S = net_output[0][mask].float()  # N x V
         lprobs_S = F.log_softmax(logits_S / self.kd_student_temperature, dim=-1)
-        kd = losses.kd_cross_entropy(lprobs_S, probs_T, ids_T)  # N
+        kd = losses.kd_divergence(lprobs_S, probs_T, ids_T, self.kd_divergence, self.kd_beta, self.kd_skew)  # N
         kd_scale = self.kd_temperature**2 if self.kd_t2_scaling else 1.0
         agree = losses.argmax_agreement(lprobs_S.detach(), probs_T, ids_T)
-        teacher_correct = losses.teacher_argmax(probs_T, ids_T).eq(target[mask])
-        kd_loss = kd.sum() * kd_scale
+        gold = target[mask]
+        teacher_correct = losses.teacher_argmax(probs_T, ids_T).eq(gold)
         logs = {
-            "kd_loss": kd_loss.data,
+            "kd_loss": kd.detach().sum() * kd_scale,  # every KD position, selected or not
             "kd_tokens": int(mask.sum()),
             "teacher_agree": int(agree.sum()),
             "teacher_correct": int(teacher_correct.sum()),
         }
         if teacher_nll is not None:
             logs["teacher_nll"] = teacher_nll.data
+        if self.kd_selection != "none":
+            selected = self.select(logits_S, lprobs_S, gold, training=model.training)
+            kd = kd * selected
+            logs["kd_selected"] = int(selected.sum())
+        kd_loss = kd.sum() * kd_scale
         if not reduce:  # per position, in the gold term's (B*T') x 1 layout
             kd_loss = kd.new_zeros(mask.shape).masked_scatter(mask, kd * kd_scale)[:, prefix:].reshape(-1, 1)
         return kd_loss, logs
+
+    def select(self, logits_S, lprobs_S, gold, training=True):
+        """N booleans, the positions that get the KD term (``--kd-selection``; Wang et al. 2021).
+
+        The score is the student's cross-entropy of the gold word at temperature 1,
+        detached. ``global`` pushes the scores into the queue only while training.
+        """
+        with torch.no_grad():
+            if self.kd_student_temperature != 1:
+                lprobs_S = F.log_softmax(logits_S, dim=-1)
+            ce_S = -lprobs_S.gather(-1, gold.unsqueeze(-1)).squeeze(-1)  # N
+            if self.kd_selection == "batch":
+                return losses.select_batch(ce_S, self.kd_selection_ratio)
+            queue = losses.fifo_push(self.selection_queue, ce_S, self.kd_selection_queue)
+            if training:
+                self.selection_queue = queue
+            return losses.select_global(ce_S, queue, self.kd_selection_ratio)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -213,10 +312,14 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
 def reduce_kd_metrics(logging_outputs) -> None:
     """Log kd_loss and teacher_nll per token in base 2, teacher_agree and
     teacher_accuracy in percent of the KD positions (fairseq's ``accuracy`` is
-    the student's, with ``--report-accuracy``)."""
+    the student's, with ``--report-accuracy``), and with ``--kd-selection``
+    ``kd_selected_fraction``, the fraction of KD positions that carried the term."""
     kd_tokens = log_per_count_base2(logging_outputs, ["kd_loss"], "kd_tokens")
     if kd_tokens == 0:
         return
+    if any("kd_selected" in log for log in logging_outputs):
+        selected = sum_logs(logging_outputs, "kd_selected")
+        metrics.log_scalar("kd_selected_fraction", selected / kd_tokens, kd_tokens, round=4)
     agree = sum_logs(logging_outputs, "teacher_agree")
     metrics.log_scalar("teacher_agree", 100.0 * agree / kd_tokens, kd_tokens, round=2)
     # weighted by the positions, so that the mean over a log interval is correct / total, as accuracy
