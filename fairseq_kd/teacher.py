@@ -22,9 +22,14 @@ def split_paths(paths: str) -> List[str]:
 
 
 def check_files_exist(paths: Sequence[str], what: str = "teacher checkpoint") -> None:
+    """Each path is a fairseq checkpoint (memory-mapped, cheap): FileNotFoundError
+    for a missing file, CheckpointError (a ValueError) naming the file otherwise."""
+    from .checkpoint import read_fairseq_checkpoint
+
     for path in paths:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{what} not found: {path}")
+        read_fairseq_checkpoint(path, what)
 
 
 def dictionary_mismatch(dict_T, dict_S) -> Optional[str]:

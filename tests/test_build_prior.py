@@ -156,7 +156,7 @@ def test_checkpoint_source(tmp_path, capsys):
     torch.save({"model": {"decoder.embed_tokens.weight": emb[:5]}}, tmp_path / "other.pt")
     code, _, err = _build(capsys, "--dict", tmp_path / "dict.txt", "--checkpoint", tmp_path / "other.pt",
                           "--out", tmp_path / "p2")
-    assert code == 1
+    assert code == 2
     assert "decoder embeddings have 5 rows, the dictionary has 7 symbols" in err
     assert not (tmp_path / "p2" / "header.json").exists()
 
@@ -194,15 +194,15 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(tmp_path, capsys):
     bad = tmp_path / "bad.vec"
     bad.write_text("a 1 2\nb 1\n")
     code, _, err = _build(capsys, "--dict", tmp_path / "dict.txt", "--word-vectors", bad, "--out", tmp_path / "p")
-    assert code == 1
+    assert code == 2
     assert f"{bad}:2: 1 values, earlier lines have 2" in err
     assert not (tmp_path / "p").exists()
 
     code, _, err = _build(capsys, "--dict", tmp_path / "nope.txt", "--word-vectors", bad, "--out", tmp_path / "p")
-    assert code == 1 and f"--dict not found: {tmp_path / 'nope.txt'}" in err
+    assert code == 2 and f"--dict not found: {tmp_path / 'nope.txt'}" in err
 
     good = tmp_path / "good.vec"
     good.write_text("a 1 2\nb 2 1\n")
     assert _build(capsys, "--dict", tmp_path / "dict.txt", "--word-vectors", good, "--out", tmp_path / "p")[0] == 0
     code, _, err = _build(capsys, "--dict", tmp_path / "dict.txt", "--word-vectors", good, "--out", tmp_path / "p")
-    assert code == 1 and "already holds a finished store" in err
+    assert code == 2 and "already holds a finished store" in err

@@ -12,6 +12,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def setup_logging() -> None:
+    """Log records go to stdout at $LOGLEVEL (default INFO): stderr is left to the
+    one-line error of :func:`run_command` (and progress bars on a terminal).
+
+    Importing fairseq calls ``logging.basicConfig`` (its wav2vec2 and speech
+    modules do, on stderr, at DEBUG), which would make the call here a no-op:
+    that plain stderr handler is replaced. Other handlers (pytest's) are kept.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+            root.removeHandler(handler)
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
@@ -20,28 +31,52 @@ def setup_logging() -> None:
     )
 
 
+EXIT_USER_ERROR = 2  # argparse's status for a usage error: every fairseq-kd-* command's for bad input
+
+
 def run_command(
     parser: argparse.ArgumentParser,
     run: Callable[[argparse.Namespace], Any],
     argv: Optional[Sequence[str]] = None,
     errors: Tuple[Type[BaseException], ...] = (FileNotFoundError, ValueError),
-    exit_code: int = 2,
     message: Optional[Callable[[argparse.Namespace, BaseException], str]] = None,
 ) -> Tuple[argparse.Namespace, Any]:
     """A command's start: set up logging, parse ``argv``, return ``(args, run(args))``.
 
-    An expected error (one of ``errors``: bad input, a missing file) ends the
-    command as argparse ends one: ``<prog>: error: <message>`` on stderr and exit
-    status ``exit_code``, no traceback. ``message(args, error)`` words it (default:
-    the error's own text).
+    An expected error (one of ``errors``: bad input, a missing file; the
+    library raises them naming the input and the fix) ends the command as
+    argparse ends one: ONE line ``<prog>: error: <message>`` on stderr, exit
+    status 2, no traceback. ``message(args, error)`` words it (default: the
+    error's own text); a message of several lines is joined into one.
     """
     setup_logging()
     args = parser.parse_args(argv)
     try:
         return args, run(args)
     except errors as e:
-        print(f"{parser.prog}: error: {message(args, e) if message else e}", file=sys.stderr)
-        sys.exit(exit_code)
+        text = message(args, e) if message else str(e)
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
+        print(f"{parser.prog}: error: {text}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def check_minimums(args: argparse.Namespace, minimums: Dict[str, float]) -> None:
+    """Raise ValueError naming the first option below its minimum: ``{"beam": 1}``
+    checks ``args.beam >= 1`` (an option left at None passes)."""
+    for name, least in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+
+
+def input_file(path: str, what: str) -> str:
+    """``path`` when it is a file; else FileNotFoundError or ValueError naming ``what``
+    (the option, e.g. "--input0") and the path."""
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a directory: give a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser, balance: str, parts: str) -> None:

@@ -293,10 +293,8 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_lines(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input not found: {path}")
-    with open(path, encoding="utf-8") as f:
+def read_lines(path: str, what: str = "input") -> List[str]:
+    with open(_common.input_file(path, what), encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
 
 
@@ -304,9 +302,11 @@ def main(args) -> dict:
     cfg = AugmentConfig(args.p_mask, args.p_pos, args.p_ng, args.max_ngram, args.n_iter, args.mask_token, args.seed)
     cfg.check()
     keys = ["input0"] + (["input1"] if args.input1 else [])
-    columns = [read_lines(getattr(args, k)) for k in keys]
-    labels = read_lines(args.labels) if args.labels else None
+    columns = [read_lines(getattr(args, k), f"--{k}") for k in keys]
+    labels = read_lines(args.labels, "--labels") if args.labels else None
     n = len(columns[0])
+    if n == 0:
+        raise ValueError(f"--input0 {args.input0} is empty: give the transfer set, one example a line")
     for name, col in zip(keys[1:] + (["labels"] if labels else []), columns[1:] + ([labels] if labels else [])):
         if len(col) != n:
             raise ValueError(f"--{name} has {len(col)} lines, --input0 has {n}")

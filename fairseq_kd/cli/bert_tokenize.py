@@ -4,6 +4,7 @@ The C-MLM teacher and its student share one fairseq dictionary built from
 WordPiece text, so that the teacher's soft labels are student ids:
 
     fairseq-kd-bert-tokenize --vocab BERT_DIR train.de.gz -o wp/train.de   # likewise every split/side
+    zcat train.de.gz | fairseq-kd-bert-tokenize --vocab BERT_DIR > wp/train.de  # a filter: stdin to stdout
     fairseq-preprocess --joined-dictionary --source-lang de --target-lang en \\
         --trainpref wp/train --validpref wp/valid --testpref wp/test --destdir data-bin
 
@@ -30,7 +31,7 @@ import os
 import sys
 import time
 
-from ._common import progress, record_run
+from ._common import check_minimums, input_file, progress, record_run, run_command
 
 
 ENGLISH_CLITICS = {"s", "t", "re", "ve", "ll", "d", "m"}
@@ -43,8 +44,8 @@ def get_parser() -> argparse.ArgumentParser:
         "or detokenize pieces back into text.",
     )
     parser.add_argument("input", nargs="?", default=None,
-                        help="text file, one sentence a line (.gz read transparently; - = stdin); "
-                             "may be left out with --dict-out")
+                        help="text file, one sentence a line (.gz read transparently); - or left out: "
+                             "standard input (left out with --dict-out: no text is converted)")
     parser.add_argument("-o", "--output", default="-", help="output file (default: - = stdout)")
     parser.add_argument("--vocab", required=True, help="the teacher's vocab.txt, or the BERT directory holding it")
     parser.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
@@ -64,9 +65,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def vocab_file(path: str) -> str:
+    """The vocab.txt that ``path`` (the file, or the BERT directory holding it) names;
+    FileNotFoundError / ValueError when it is missing or holds no [UNK] piece."""
     file = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"BERT vocabulary not found: {file}")
+    with open(file, encoding="utf-8") as f:
+        if not any(line.strip() == "[UNK]" for line in f):  # the tokenizer maps unknown words to it
+            what = "is empty" if os.path.getsize(file) == 0 else "has no [UNK] piece"
+            raise ValueError(f"BERT vocabulary {file} {what}: --vocab takes a BERT checkpoint's vocab.txt "
+                             "(or its directory)")
     return file
 
 
@@ -155,28 +163,41 @@ def write_dictionary(vocab: str, out: str) -> int:
     return len(symbols)
 
 
-def _open_input(path: str):
+def _read_lines(path: str):
+    """The lines of ``path`` (``-``: standard input, as UTF-8; ``.gz``: gunzipped), newlines stripped."""
+    strip = lambda f: [line.rstrip("\n").rstrip("\r") for line in f]  # noqa: E731
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input not found: {path}")
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+        if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (tests)
+            return strip(sys.stdin)
+        f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+        try:
+            return strip(f)
+        finally:
+            f.detach()  # leaves sys.stdin open
+    input_file(path, "input")
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return strip(f)
 
 
 def convert(args) -> dict:
+    check_minimums(args, {"batch_lines": 1})
+    if args.input is None and not args.dict_out:
+        if sys.stdin.isatty():  # a forgotten file name, not text typed in: say so rather than wait
+            raise ValueError("no input file given and standard input is a terminal: give a file, or pipe text in")
+        args.input = "-"  # a filter: standard input to standard output
+    # Vocabulary and input are read and checked before anything is written.
+    tokenizer, lower = build_tokenizer(args.vocab, args.lowercase) if args.input is not None else (None, None)
+    lines = _read_lines(args.input) if args.input is not None else None
     if args.dict_out:
         n = write_dictionary(args.vocab, args.dict_out)
         print(f"wrote a fairseq dictionary of {n} pieces: {args.dict_out}", file=sys.stderr)
-    if args.input is None:
+    if lines is None:
         return {"lines": 0, "pieces": 0, "lowercase": None}
-    tokenizer, lower = build_tokenizer(args.vocab, args.lowercase)
     detokenizer = None
     if args.detokenize and args.lang:
         from sacremoses import MosesDetokenizer
 
         detokenizer = MosesDetokenizer(lang=args.lang)
-    with _open_input(args.input) as f:
-        lines = [line.rstrip("\n").rstrip("\r") for line in f]
     out, pieces = [], 0
     for start in progress(range(0, len(lines), args.batch_lines), desc="tokenize", unit="batch"):
         chunk = lines[start : start + args.batch_lines]
@@ -203,21 +224,14 @@ def convert(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.input is None and not args.dict_out:
-        parser.error("the input file is required (unless --dict-out is given)")
     start = time.time()
-    try:
-        summary = convert(args)
-    except (OSError, ValueError) as e:
-        print(f"fairseq-kd-bert-tokenize: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # OSError: an unreadable input or unwritable output, named by the error
+    args, summary = run_command(get_parser(), convert, argv, errors=(OSError, ValueError))
     if args.input is None:
         return
     mode = "detokenized" if args.detokenize else "normalized" if args.normalize else "tokenized"
     extra = f", {summary['pieces']} pieces" if summary["pieces"] else ""
-    print(
+    print(  # on stderr: stdout may be the output
         f"{mode} {summary['lines']} lines{extra} (lowercase={summary['lowercase']}) in "
         f"{time.time() - start:.1f}s: {args.input} -> {args.output}",
         file=sys.stderr,

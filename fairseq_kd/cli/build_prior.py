@@ -33,7 +33,7 @@ import os
 import numpy as np
 import torch
 
-from fairseq_kd.cli._common import progress, record_run, run_command
+from fairseq_kd.cli._common import check_minimums, input_file, progress, record_run, run_command
 from fairseq_kd.data import array_store, prior
 
 logger = logging.getLogger("fairseq_kd.build_prior")
@@ -103,9 +103,7 @@ def checkpoint_embeddings(path: str, dictionary):
     """(V x d embeddings, V booleans: found) from a fairseq checkpoint's decoder."""
     from fairseq_kd import checkpoint
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    model = checkpoint.load(path).get("model", {})
+    model = checkpoint.read_fairseq_checkpoint(path, "--checkpoint", model_only=True)["model"]  # memory-mapped
     for key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
         if key in model:
             emb = model[key].float()
@@ -164,16 +162,15 @@ def _bert_is_uncased(path: str, vocab: str) -> bool:
 def main(args) -> dict:
     from fairseq.data import Dictionary
 
-    if not os.path.isfile(args.dict):
-        raise FileNotFoundError(f"--dict not found: {args.dict}")
-    if args.topk < 1 or args.sigma <= 0 or args.block_size < 1:
-        raise ValueError("--topk and --block-size must be >= 1 and --sigma > 0")
-    dictionary = Dictionary.load(args.dict)
+    check_minimums(args, {"topk": 1, "block_size": 1})
+    if args.sigma <= 0:
+        raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+    dictionary = Dictionary.load(input_file(args.dict, "--dict"))
+    if len(dictionary) == dictionary.nspecial:
+        raise ValueError(f"--dict {args.dict} holds no words: give the dict.<tgt>.txt that fairseq-preprocess wrote")
     if args.word_vectors:
         source, files = "word_vectors", [args.word_vectors]
-        if not os.path.isfile(args.word_vectors):
-            raise FileNotFoundError(f"--word-vectors not found: {args.word_vectors}")
-        emb, found = word_vector_embeddings(args.word_vectors, dictionary)
+        emb, found = word_vector_embeddings(input_file(args.word_vectors, "--word-vectors"), dictionary)
     elif args.checkpoint:
         source, files = "fairseq_checkpoint", [args.checkpoint]
         emb, found = checkpoint_embeddings(args.checkpoint, dictionary)
@@ -208,7 +205,7 @@ def main(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    args, header = run_command(get_parser(), main, argv, exit_code=1)  # StoreError is a ValueError
+    args, header = run_command(get_parser(), main, argv)  # StoreError and CheckpointError are ValueErrors
     size = sum(os.path.getsize(os.path.join(args.out, f"{n}.npy")) for n in ("ids", "weights"))
     print(
         f"build-prior: {header['vocab_size']} words, k={header['k']}, sigma={header['sigma']}, "

@@ -191,13 +191,14 @@ def _languages(meta_path: str):
 
 
 def compute(args) -> dict:
-    from ._common import progress
+    from ._common import check_minimums, progress
 
-    if args.chunk_rows < 1:
-        raise ValueError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    check_minimums(args, {"chunk_rows": 1, "iterations": 1, "max_sentences": 0})
     source_file, real_file, distilled_file = resolve_files(args)
     read = lambda p: TextCorpus(p, args.remove_bpe, args.lowercase, args.max_sentences)  # noqa: E731
     src, real = read(source_file), read(real_file)
+    if len(src) == 0:
+        raise ValueError(f"--source {source_file} is empty: give the corpus's source text, one sentence a line")
     if len(src) != len(real):
         raise ValueError(f"{source_file} has {len(src)} lines, {real_file} has {len(real)}")
     jobs = [("real", real_file, real)]

@@ -20,8 +20,6 @@ Example::
 """
 import argparse
 import logging
-import os
-import sys
 
 import numpy as np
 import torch
@@ -60,9 +58,11 @@ def load_teacher(path: str, data: str, head: str, device: torch.device, fp16: bo
     import fairseq_kd  # noqa: F401  (registers the plugin's models and tasks)
     from fairseq import checkpoint_utils
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    from .. import checkpoint
+
+    state = checkpoint.load_fairseq_state(path, {"data": data}, what="teacher checkpoint")
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data},
+                                                                       state=state)
     model = models[0]
     heads = getattr(model, "classification_heads", None)
     if heads is None or head not in heads:
@@ -97,6 +97,7 @@ def main(args) -> dict:
 
     from ..data import array_store, logits_store
 
+    _common.check_minimums(args, {"batch_size": 1})
     align = args.align_with or args.data
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model, task = load_teacher(args.path, args.data, args.classification_head_name, device, args.fp16)
@@ -181,13 +182,7 @@ def main(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    _common.setup_logging()
-    args = get_parser().parse_args(argv)
-    try:
-        main(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fairseq-kd-dump-logits: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    _common.run_command(get_parser(), main, argv)  # StoreError and CheckpointError are ValueErrors
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ def measure_latency(task, models, dataset, generator, use_cuda, n_sentences: int
 
 # -------------------------------------------------------------------- main
 def evaluate(args) -> dict:
+    from ._common import check_minimums, input_file
+
+    check_minimums(args, {"beam": 1, "max_tokens": 1, "batch_size": 1, "latency_sentences": 0,
+                          "iter_decode_max_iter": 0, "iter_decode_with_beam": 1})
     if not os.path.isdir(args.data):
         raise FileNotFoundError(f"data directory not found: {args.data}")
     metrics = [m for m in args.metrics]
@@ -129,9 +133,7 @@ def evaluate(args) -> dict:
         raise ValueError("--fp16 needs a GPU (none found, or --cpu given)")
     references_raw = None
     if args.reference:
-        if not os.path.isfile(args.reference):
-            raise FileNotFoundError(f"--reference file not found: {args.reference}")
-        with open(args.reference, encoding="utf-8") as f:
+        with open(input_file(args.reference, "--reference file"), encoding="utf-8") as f:
             references_raw = [line.rstrip("\n") for line in f]
 
     models, task = load_ensemble(args.data, args.path, use_cuda, args.fp16, what="checkpoint")

@@ -45,12 +45,54 @@ def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _damaged(path: str) -> str:
+    """The fix for a damaged file of the store at ``path``."""
+    return f"the store {path} is damaged: remove it and rerun the command that wrote it"
+
+
 def _read_json(path: str) -> Dict[str, Any]:
+    """A header (or pending header) as a dict; StoreError when the file is not one."""
+    store = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise StoreError(f"{path} is a directory, not a JSON file; {_damaged(store)}")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise StoreError(f"{path} is not valid JSON: {e}") from e
+        with open(path, encoding="utf-8") as f:
+            header = json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a cut or overwritten file
+        raise StoreError(f"{path} is not valid JSON ({e}); {_damaged(store)}") from e
+    if not isinstance(header, dict):
+        raise StoreError(f"{path} holds a JSON {type(header).__name__}, not an object; {_damaged(store)}")
+    return header
+
+
+def _open_array(path: str, name: str, spec: Optional[Dict[str, Any]], mode: str) -> np.memmap:
+    """Memory-map array ``name`` of the store at ``path`` (mode "r" or "r+").
+
+    Raises StoreError when its file is missing, not a whole ``.npy`` file (numpy
+    would refuse a cut file in mode "r" with "mmap length is greater than file
+    size", and in mode "r+" silently extend it with zeros), or has another shape
+    or dtype than ``spec`` (the header's ``{"shape", "dtype"}``; None: any).
+    """
+    file = os.path.join(path, f"{name}.npy")
+    if os.path.isdir(file) or not os.path.exists(file):
+        what = "is a directory, not an array file" if os.path.isdir(file) else "is missing"
+        raise StoreError(f"{path}: array file {name}.npy {what}; {_damaged(path)}")
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except ValueError as e:  # numpy on a file without a whole .npy header (empty, cut, overwritten)
+        raise StoreError(f"{file} is not a .npy array ({e}); {_damaged(path)}") from e
+    size = os.path.getsize(file)
+    if size != expected:
+        raise StoreError(f"{file} is {'truncated' if size < expected else 'too long'}: {size} bytes, its "
+                         f"{list(shape)} {dtype} array needs {expected}; {_damaged(path)}")
+    if spec is not None and (list(shape) != list(spec["shape"]) or str(dtype) != spec["dtype"]):
+        raise StoreError(f"{file} has shape {list(shape)} {dtype}, header says {spec['shape']} {spec['dtype']}")
+    return np.load(file, mmap_mode="r") if mode == "r" else np.lib.format.open_memmap(file, mode=mode)
 
 
 class PendingStore:
@@ -118,11 +160,8 @@ def resume(path: str, header: Dict[str, Any]) -> Optional[PendingStore]:
             f"{path} holds an unfinished store written with other settings ({', '.join(diff)}); "
             f"rerun with the same arguments to resume it, or remove it"
         )
-    maps = {
-        name: np.lib.format.open_memmap(os.path.join(path, f"{name}.npy"), mode="r+")
-        for name in pending["arrays"]
-    }
-    done = np.lib.format.open_memmap(os.path.join(path, DONE), mode="r+")
+    maps = {name: _open_array(path, name, spec, "r+") for name, spec in pending["arrays"].items()}
+    done = _open_array(path, DONE[: -len(".npy")], None, "r+")
     return PendingStore(path, pending, maps, done)
 
 
@@ -153,17 +192,7 @@ def open_store(path: str, kind: Optional[str] = None) -> Tuple[Dict[str, Any], D
     header = read_header(path)
     if kind is not None and header.get("kind") != kind:
         raise StoreError(f"{path} holds a {header.get('kind')!r} store, expected {kind!r}")
-    arrays = {}
-    for name, spec in header.get("arrays", {}).items():
-        file = os.path.join(path, f"{name}.npy")
-        if not os.path.exists(file):
-            raise StoreError(f"{path}: array file {name}.npy is missing")
-        array = np.load(file, mmap_mode="r")
-        if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
-            raise StoreError(
-                f"{file} has shape {list(array.shape)} {array.dtype}, header says {spec['shape']} {spec['dtype']}"
-            )
-        arrays[name] = array
+    arrays = {name: _open_array(path, name, spec, "r") for name, spec in header.get("arrays", {}).items()}
     return header, arrays
 
 

@@ -99,16 +99,22 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[s
     ``pooler.dense.*``), the masked-LM head's under ``transform.*`` / ``bias``
     (None when the checkpoint has none)."""
     file = weights_file(path)
-    try:
-        if file.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    fix = "download the BERT checkpoint again"
+    if file.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(file)
-        else:
-            with open(file, "rb") as f:
-                state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors and torch raise various types on corrupt files
-        raise BertCheckpointError(f"{file} could not be read: {e}") from e
+        except SafetensorError as e:  # an empty, cut or foreign file
+            raise BertCheckpointError(f"{file} could not be read ({e}): {fix}") from e
+    else:
+        from ..checkpoint import CheckpointError, load
+
+        try:
+            state = load(file, what="BERT weights", fix=fix)  # the safe unpickler
+        except CheckpointError as e:
+            raise BertCheckpointError(str(e)) from e
     if not isinstance(state, dict):
         raise BertCheckpointError(f"{file} does not hold a state dict")
     encoder, head = {}, {}
