@@ -14,5 +14,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TEACHER_UPDATES=${TEACHER_UPDATES:-300} STUDENT_UPDATES=${STUDENT_UPDATES:-300}
-export WORK=${WORK:-work_dirs/quickstart_word_kd} MODELS="teacher baseline word_kd"
+export WORK=${WORK:-work_dirs/quickstart_word_kd} MODELS="teacher baseline word_kd" SEEDS=${SEEDS:-1}
 exec bash examples/multi30k/study.sh

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     work = args.work
     rows = (["teacher"] if os.path.isfile(os.path.join(work, "teacher", "final.pt")) else []) + [
-        r for r in args.models if r != "bert_kd"
+        r for r in args.models if r not in ("bert_kd", "teacher")
     ]
     out: List[str] = []
     extra_tags = sorted({os.path.basename(d).split(".")[-2] for d in glob.glob(os.path.join(work, "eval", "*.*.*"))}

@@ -30,7 +30,8 @@
 # usage: bash examples/multi30k/study.sh              (venv active; FAIRSEQ_KD_DATA=DIR for a local copy)
 #   TEACHER_UPDATES=1200 STUDENT_UPDATES=1000 NAT_UPDATES=1500 MAX_TOKENS=4096   budgets (CPU defaults;
 #                                                a GPU run wants e.g. 20000 / 10000 / 30000, CPU=)
-#   MODELS="baseline word_kd ..."   rows to train and score (default: all above but bert_kd)
+#   MODELS="baseline word_kd ..."   rows to train and score (default: all above but bert_kd; the
+#                                   teacher is trained when a row needs it, or when MODELS names it)
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
@@ -159,6 +160,7 @@ student() {
       --noise random_mask --task translation_lev_kd --teacher-path "$T" --criterion nat_word_kd --kd-alpha 0.5 ;;
     levt_distill) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch levt_kd_iwslt_de_en \
       --noise random_delete ;;
+    teacher) teacher ;;
     bert_kd) FAIRSEQ_KD_DATA=${FAIRSEQ_KD_DATA:-} TRAIN_SENTENCES=0 STUDENT_UPDATES=$STUDENT_UPDATES \
       SEED=$seed WORK=$WORK/bert_kd bash scripts/quickstart_bert.sh > "$WORK/bert_kd.log" 2>&1 \
       || { tail -20 "$WORK/bert_kd.log"; return 1; } ;;
@@ -250,7 +252,7 @@ if [[ " $STAGES " == *" eval "* ]]; then
   models=()
   if [ -f "$T" ]; then models+=(teacher); fi
   for row in $MODELS; do
-    [ "$row" = bert_kd ] && continue
+    case $row in bert_kd|teacher) continue ;; esac
     for s in $(seeds_of "$row"); do m=$(model_name "$row" "$s"); [ -f "$WORK/$m/final.pt" ] && models+=("$m"); done
   done
   for m in "${models[@]}"; do
