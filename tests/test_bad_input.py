@@ -46,17 +46,6 @@ CASES = {
     "augment": FILE_CASES,
     "build-prior": TEACHER_CASES + ("foreign_store",),
 }
-# Cases that fail because of code outside this change: each names the fix. Remove an
-# entry when its fix is in (strict: an xfail that passes fails the run).
-_LOAD_TEACHER = (
-    "needs fix in fairseq_kd/cli/dump_soft_labels.py load_teacher: read the state with "
-    "fairseq_kd.checkpoint.load_fairseq_state(path, what='teacher checkpoint') instead of fairseq's "
-    "load_checkpoint_to_cpu, whose torch.load raises EOFError (empty file), KeyError 'best_loss' (a bare "
-    "state dict) or a multi-line UnpicklingError (refused type) with a traceback"
-)
-XFAIL = {
-    **{("dump-soft-labels", case): _LOAD_TEACHER for case in ("empty", "not_checkpoint", "refused_type")},
-}
 # Log records of imported libraries in logging's default format (LEVEL:logger:message).
 IMPORT_LOG = re.compile(r"^(DEBUG|INFO):[\w.]+:")
 
@@ -220,9 +209,7 @@ def _scenario(command, case, x, out):
 def _params():
     for command in COMMANDS:
         for case in CASES[command]:
-            reason = XFAIL.get((command, case))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(command, case, marks=marks, id=f"{command}-{case}")
+            yield pytest.param(command, case, id=f"{command}-{case}")
 
 
 @pytest.mark.parametrize("command,case", list(_params()))

@@ -1,14 +1,34 @@
-"""``fairseq-kd-dump-soft-labels``: dump a C-MLM teacher's top-K logits for a split.
+"""``fairseq-kd-dump-soft-labels``: dump a teacher's top-K soft labels for a split.
 
-Chen et al. (2020) mask each target position of a sentence once and record
-the teacher's distribution there. Pass p (of P = ``--passes``) masks slots
-p, p + P, p + 2P, ... so every slot, the final </s> slot included, is masked
-in exactly one pass; ``--passes 0`` masks one slot per pass (exact: each
-prediction sees all other target words). All passes of a batch run as the
-rows of one forward, and only masked slots go through the output layer.
+Two kinds of teacher, told apart by the task their checkpoint was trained with
+(the header's ``teacher_kind``):
+
+- ``conditional_mlm`` (a BERT C-MLM teacher, Chen et al. 2020): each target
+  position of a sentence is masked once and the teacher's distribution there
+  recorded. Pass p (of P = ``--passes``, default 7) masks slots p, p + P,
+  p + 2P, ... so every slot, the final </s> slot included, is masked in exactly
+  one pass; ``--passes 0`` masks one slot per pass (exact: each prediction sees
+  all other target words). All passes of a batch run as the rows of one
+  forward, and only masked slots go through the output layer. The store holds
+  the raw top-K logits.
+- any autoregressive fairseq translation model (``--task translation`` or
+  ``translation_kd``; ``--path a.pt:b.pt`` is an ensemble): teacher-forced on
+  the gold target (``prev_output_tokens`` as fairseq's collater builds it),
+  one forward per batch, every non-pad target position, EOS included: the
+  distribution online ``--criterion word_kd --teacher-path`` distills from.
+  One model: its raw top-K logits, so ``softmax(values / T)`` over the K is
+  online ``word_kd --kd-temperature T --kd-topk K`` at any T. An ensemble
+  averages probabilities at ``--temperature T`` (default 1), q = 1/M sum_m
+  softmax(z_m / T), and stores ``T log q`` of its top K (log-probabilities of
+  the average at T = 1): the student reproduces online ``word_kd`` exactly
+  with ``--kd-temperature T`` only, so the header records ``temperature`` and
+  ``--task translation_kd`` refuses another ``--kd-temperature`` for such a
+  store (a single model's store has ``temperature: null``: any T is exact).
+  ``--passes`` does not apply (``passes: null`` in the header).
 
     fairseq-kd-dump-soft-labels DATA --path teacher/checkpoint_best.pt \\
-        --subset train --topk 8 --passes 7 --out soft_labels
+        --subset train --topk 8 --passes 7 --out soft_labels         # C-MLM
+    fairseq-kd-dump-soft-labels DATA --path at1.pt:at2.pt --subset train --topk 8 --out soft_labels
 
 The output is a soft-label store (:mod:`fairseq_kd.data.soft_labels`) aligned
 with DATA's binarized target split, the one ``fairseq-train DATA --task
@@ -25,8 +45,9 @@ It writes a finished store of that range, ``OUT.parts/part-0000I-of-0000N/``
 ``OUT.parts/.part-0000I-of-0000N.tmp/``, where a killed shard resumes when
 rerun, then renamed into place (replacing an older part of that shard; the
 others are kept). ``fairseq-kd-merge-shards OUT`` checks that the parts cover
-the split exactly once with the same K, passes, dictionary, split and teacher,
-and writes the store OUT with the same header and arrays as one process.
+the split exactly once with the same K, passes, dictionary, split, teacher(s)
+and temperature, and writes the store OUT with the same header and arrays as
+one process.
 
 Batches are formed within blocks of ``--sort-window`` consecutive sentences
 (sorted by length inside a block) and shards start at block boundaries, so
@@ -57,19 +78,32 @@ logger = logging.getLogger("fairseq_kd.dump_soft_labels")
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-dump-soft-labels",
-        description="Dump a conditional_mlm (BERT) teacher's top-K logits for every target token "
-        "of a binarized split into a memory-mapped soft-label store.",
+        description="Dump a teacher's top-K soft labels for every target token (EOS included) of a "
+        "binarized split into a memory-mapped soft-label store: a conditional_mlm (BERT) teacher's logits "
+        "over masked passes, or an autoregressive translation teacher's (or ensemble's) teacher-forced on "
+        "the gold target, what --criterion word_kd --teacher-path distills from.",
     )
-    parser.add_argument("data", help="fairseq data directory (binarized with --joined-dictionary), as the student uses it")
-    parser.add_argument("--path", required=True, help="teacher checkpoint trained with --task conditional_mlm")
+    parser.add_argument("data", help="fairseq data directory, as the student uses it (binarized with --joined-dictionary for a "
+                        "conditional_mlm teacher)")
+    parser.add_argument("--path", required=True,
+                        help="teacher checkpoint: one trained with --task conditional_mlm, or autoregressive "
+                        "translation checkpoint(s) (--task translation / translation_kd), colon-separated for "
+                        "an ensemble a.pt:b.pt (probabilities averaged)")
     parser.add_argument("--subset", default="train", help="split to dump (default: train)")
     parser.add_argument("--topk", type=int, default=8, help="logits kept per target token (default: 8)")
-    parser.add_argument("--passes", type=int, default=7,
-                        help="masked copies per sentence: pass p masks slots p, p+P, ...; 0 = one slot "
-                             "per pass (exact, slowest) (default: 7)")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="conditional_mlm teacher: masked copies per sentence: pass p masks slots p, p+P, "
+                             "...; 0 = one slot per pass (exact, slowest) (default: 7). Not for a translation "
+                             "teacher (one teacher-forced row per sentence)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="ensemble of translation teachers: average the models' probabilities at this "
+                        "temperature and store T log q of the average; the student must then use "
+                        "--kd-temperature T (default: 1). A single model stores raw logits, exact at any "
+                        "--kd-temperature, and takes no --temperature")
     parser.add_argument("--out", required=True, help="output directory of the store")
     parser.add_argument("--max-tokens", type=int, default=8192,
-                        help="tokens per forward, all masked copies counted, padding included (default: 8192)")
+                        help="tokens per forward, padding included: all masked copies of [CLS] src tgt "
+                        "(conditional_mlm), sentences x their longest side (translation) (default: 8192)")
     parser.add_argument("--sort-window", type=int, default=1000,
                         help="sort sentences by length and batch them within blocks of this many consecutive "
                         "sentences; shards start at block boundaries, which makes a merged sharded dump "
@@ -84,30 +118,55 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CMLM, TRANSLATION = "conditional_mlm", "translation"  # the header's teacher_kind
+
+
 def load_teacher(path, data, source_lang=None, target_lang=None):
     """(model, task) of a conditional_mlm checkpoint, its task reading ``data``."""
     import fairseq_kd  # noqa: F401  (registers the task and model; safe checkpoint loading)
-    from fairseq import checkpoint_utils, tasks
-    from omegaconf import open_dict
+    from fairseq import checkpoint_utils
 
-    from ..teacher import check_teacher_dictionary
+    _check_inputs([path], data)
+    return _load_cmlm(path, checkpoint_utils.load_checkpoint_to_cpu(path), data, source_lang, target_lang)
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+
+def _check_inputs(files, data):
+    from ..teacher import check_files_exist
+
+    if not files:
+        raise ValueError("--path is empty")
+    check_files_exist(files)
     if not os.path.isdir(data):
         raise FileNotFoundError(f"data directory not found: {data}")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = state["cfg"]
-    if cfg.task._name != "conditional_mlm":
-        raise ValueError(f"{path} was trained with --task {cfg.task._name}, not conditional_mlm")
-    task_cfg = cfg.task.copy()
+
+
+def _task_config(state, data, source_lang, target_lang):
+    """The checkpoint's task config pointed at ``data``."""
+    from omegaconf import open_dict
+
+    task_cfg = state["cfg"].task.copy()
     with open_dict(task_cfg):
         task_cfg.data = data
         if source_lang:
             task_cfg.source_lang = source_lang
         if target_lang:
             task_cfg.target_lang = target_lang
-    task = tasks.setup_task(task_cfg)
+        # a translation_kd teacher's own teacher and stores: scoring needs none of them
+        for key in ("teacher_path", "soft_labels", "distilled_data"):
+            if key in task_cfg:
+                task_cfg[key] = None
+    return task_cfg
+
+
+def _load_cmlm(path, state, data, source_lang, target_lang):
+    from fairseq import tasks
+
+    from ..teacher import check_teacher_dictionary
+
+    cfg = state["cfg"]
+    if cfg.task._name != CMLM:
+        raise ValueError(f"{path} was trained with --task {cfg.task._name}, not conditional_mlm")
+    task = tasks.setup_task(_task_config(state, data, source_lang, target_lang))
     check_teacher_dictionary(path, state, task.target_dictionary, task.source_dictionary)
     rows = state["model"]["output_projection.weight"].size(0)
     if rows != len(task.target_dictionary):
@@ -120,10 +179,50 @@ def load_teacher(path, data, source_lang=None, target_lang=None):
     return model, task
 
 
+def load_any_teacher(paths, data, source_lang=None, target_lang=None):
+    """``(teacher_kind, teacher, task)`` of ``--path a.pt[:b.pt]``, the task reading ``data``.
+
+    The kind comes from the first checkpoint's task: ``conditional_mlm`` gives
+    (CMLM, model, task) and takes one checkpoint; an autoregressive translation
+    task gives (TRANSLATION, :class:`fairseq_kd.teacher.TeacherEnsemble`, a
+    translation task built from that checkpoint's config), the loader online
+    ``word_kd`` uses. Non-autoregressive (``translation_lev``) models are refused.
+    """
+    import fairseq_kd  # noqa: F401  (registers the tasks and models; safe checkpoint loading)
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.models.nat import FairseqNATModel
+    from fairseq.tasks.translation import TranslationTask
+
+    from ..teacher import TeacherEnsemble, split_paths
+
+    files = split_paths(paths)
+    _check_inputs(files, data)
+    state = checkpoint_utils.load_checkpoint_to_cpu(files[0])
+    name = state["cfg"].task._name
+    if name == CMLM:
+        if len(files) > 1:
+            raise ValueError(f"--path {paths}: ensembles of conditional_mlm teachers are not supported; "
+                             f"dump one checkpoint")
+        return (CMLM, *_load_cmlm(files[0], state, data, source_lang, target_lang))
+    task = tasks.setup_task(_task_config(state, data, source_lang, target_lang))
+    del state  # TeacherEnsemble reads every checkpoint itself
+    if not isinstance(task, TranslationTask) or name.startswith("translation_lev"):
+        raise ValueError(f"{files[0]} was trained with --task {name}: the dump takes a conditional_mlm teacher "
+                         f"or an autoregressive translation teacher (--task translation / translation_kd)")
+    teacher = TeacherEnsemble.from_checkpoints(paths, task)
+    for path, model in zip(files, teacher.models):
+        if isinstance(model, FairseqNATModel):
+            raise ValueError(f"{path} is a non-autoregressive model ({type(model).__name__}): the dump takes "
+                             f"autoregressive translation teachers")
+    return TRANSLATION, teacher, task
+
+
 def make_batches(src_sizes, tgt_sizes, passes, max_tokens, window):
     """Deterministic batches of sentence indices: within each block of ``window``
     consecutive sentences, sorted by length, cut where a batch's cost (its rows,
     all masked copies, times its longest [CLS] src tgt) would pass ``max_tokens``.
+    ``passes=None`` (a translation teacher): one row per sentence, its length
+    the longer of source and target (fairseq's ``--max-tokens``).
 
     No batch crosses a block boundary, and shards start at block boundaries
     (``shard_range(..., granularity=window)``), so a sentence meets the same
@@ -133,13 +232,13 @@ def make_batches(src_sizes, tgt_sizes, passes, max_tokens, window):
     from ..tasks.conditional_mlm import num_passes
 
     src_sizes, tgt_sizes = np.asarray(src_sizes), np.asarray(tgt_sizes)
-    length = 1 + src_sizes + tgt_sizes
+    length = 1 + src_sizes + tgt_sizes if passes is not None else np.maximum(src_sizes, tgt_sizes)
     index = np.arange(len(length))
     block = index // window
     order = np.lexsort((index, length, block))  # by block, then length, then index
     batches, current, rows, longest = [], [], 0, 0
     for i in order:
-        n = num_passes(int(tgt_sizes[i]), passes)
+        n = num_passes(int(tgt_sizes[i]), passes) if passes is not None else 1
         if current and (block[i] != block[current[0]] or (rows + n) * max(longest, int(length[i])) > max_tokens):
             batches.append(np.array(current, dtype=np.int64))
             current, rows, longest = [], 0, 0
@@ -188,6 +287,42 @@ def teacher_topk(model, items, passes, topk, device, dtype):
             gold_logprob.cpu().numpy())
 
 
+@torch.no_grad()
+def translation_topk(teacher, sample, topk, temperature, pad):
+    """Top-K of an autoregressive teacher (ensemble) teacher-forced on the gold target
+    of ``sample`` (a LanguagePairDataset batch), at every non-pad target position.
+
+    Returns (sentence ids, slot, ids N x K, values N x K, gold_logprob N): N = all
+    target tokens in row-major order, ``sentence`` their dataset indices and
+    ``slot`` their positions in those sentences. One model: values are its raw
+    logits. An ensemble: q = 1/M sum_m softmax(z_m / T) (``losses.soft_targets``,
+    as online ``word_kd``) and values = T log q, so softmax(values / T) over the
+    K is q renormalized. gold_logprob: log of the (averaged) probability of the
+    gold word at T = 1, full vocabulary.
+    """
+    import math
+
+    from .. import losses
+
+    target = sample["target"]
+    mask = target.ne(pad)  # B x T, EOS included, either padding side
+    logits = [z[mask].float() for z in teacher.logits(sample["net_input"])]  # M x [N x V], our own copies
+    gold = target[mask]  # N
+    gold_lp = torch.stack([z.gather(1, gold.unsqueeze(1)).squeeze(1) - z.logsumexp(-1) for z in logits])  # M x N
+    gold_logprob = gold_lp.logsumexp(0) - math.log(len(logits))
+    if len(logits) == 1:
+        values, ids = logits[0].topk(topk, dim=-1)  # N x K, descending
+    else:
+        probs, _ = losses.soft_targets(logits, temperature, overwrite=True)  # N x V, the logits overwritten
+        values, ids = probs.topk(topk, dim=-1)
+        values = values.clamp_min_(torch.finfo(values.dtype).tiny).log_().mul_(temperature)
+    rows = mask.nonzero(as_tuple=True)[0]
+    slot = (mask.long().cumsum(1) - 1)[mask]
+    sentence = sample["id"].to(rows.device)[rows]
+    return (sentence.cpu().numpy(), slot.cpu().numpy(), ids.int().cpu().numpy(), values.cpu().numpy(),
+            gold_logprob.cpu().numpy())
+
+
 def _drop_pages(store) -> None:
     """Let the kernel reclaim the written (already flushed) pages of the output
     maps, so the process's resident memory does not grow with the split."""
@@ -199,13 +334,18 @@ def _drop_pages(store) -> None:
 
 def dump(args) -> dict:
     """Run the command; returns its summary (for one shard of several, the part's)."""
+    from fairseq import utils as fairseq_utils
+
     from ..data import array_store, soft_labels
     from ..data.shards import shard_from_env, shard_range
+    from ..teacher import split_paths
 
     if args.topk <= 0:
         raise ValueError(f"--topk must be > 0, got {args.topk}")
-    if args.passes < 0:
+    if args.passes is not None and args.passes < 0:
         raise ValueError(f"--passes must be >= 0, got {args.passes}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
     shard = shard_from_env(getattr(args, "num_shards", None), getattr(args, "shard_id", None))
     if shard.num_shards < 1 or not 0 <= shard.shard_id < shard.num_shards:
         raise ValueError(f"--shard-id must be in [0, {shard.num_shards}), got {shard.shard_id}")
@@ -214,29 +354,58 @@ def dump(args) -> dict:
         torch.cuda.set_device(shard.local_rank % torch.cuda.device_count())  # one GPU per process of a node
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
-    model, task = load_teacher(args.path, args.data, args.source_lang, args.target_lang)
-    model.to(device=device, dtype=dtype)
+    kind, teacher, task = load_any_teacher(args.path, args.data, args.source_lang, args.target_lang)
+    files = split_paths(args.path)
+    temperature = None  # the header's: set only where the store is exact at one --kd-temperature
+    if kind == CMLM:
+        if args.temperature is not None:
+            raise ValueError("--temperature is for ensembles of translation teachers: a conditional_mlm teacher's "
+                             "raw logits are stored (the student applies --kd-temperature); remove it")
+        if args.passes is None:
+            args.passes = 7
+        passes = args.passes
+        teacher.to(device=device, dtype=dtype)
+        dataset = task.load_pair_dataset(args.subset)
+    else:
+        if args.passes is not None:
+            raise ValueError(f"--passes is for conditional_mlm teachers; {files[0]} is a translation teacher, "
+                             f"teacher-forced once per sentence: remove --passes")
+        if len(teacher) == 1 and args.temperature is not None:
+            raise ValueError("--temperature is for ensembles: a single teacher's raw logits are stored, exact at "
+                             "any --kd-temperature; remove it")
+        if len(teacher) > 1:
+            temperature = float(args.temperature if args.temperature is not None else 1.0)
+        passes = None
+        teacher.follow(device, dtype)
+        task.load_dataset(args.subset)
+        dataset = task.dataset(args.subset)
     dictionary = task.target_dictionary
     if args.topk > len(dictionary):
         raise ValueError(f"--topk {args.topk} exceeds the dictionary size {len(dictionary)}")
-    dataset = task.load_pair_dataset(args.subset)
     sizes = soft_labels.target_sizes(dataset)
     src_sizes = np.asarray(dataset.src_sizes, dtype=np.int64)
-    # Shards are balanced by source + target tokens: every masked copy reads both.
+    # Shards are balanced by source + target tokens: every row reads both.
     if args.sort_window < 1:
         raise ValueError(f"--sort-window must be >= 1, got {args.sort_window}")
     start, end = shard_range(src_sizes + sizes, shard.num_shards, shard.shard_id, granularity=args.sort_window)
-    too_long = start + np.nonzero(1 + src_sizes[start:end] + sizes[start:end] > model.max_total_positions)[0]
+    if kind == CMLM:
+        too_long = start + np.nonzero(1 + src_sizes[start:end] + sizes[start:end] > teacher.max_total_positions)[0]
+        limit = f"the teacher's {teacher.max_total_positions} positions as [CLS] source target"
+    else:
+        max_src, max_tgt = fairseq_utils.resolve_max_positions(task.max_positions(),
+                                                                *[m.max_positions() for m in teacher.models])
+        too_long = start + np.nonzero((src_sizes[start:end] > max_src) | (sizes[start:end] > max_tgt))[0]
+        limit = f"the teacher's {max_src} source / {max_tgt} target positions"
     if len(too_long):
-        raise ValueError(
-            f"{len(too_long)} sentences of {args.subset} (e.g. index {too_long[0]}) are longer than the "
-            f"teacher's {model.max_total_positions} positions as [CLS] source target"
-        )
+        raise ValueError(f"{len(too_long)} sentences of {args.subset} (e.g. index {too_long[0]}) are longer than "
+                         f"{limit}")
+    checksums = [array_store.file_checksum(p) for p in files]
     header = soft_labels.make_header(
-        args.subset, args.topk, args.passes, dictionary, sizes,
-        teacher_checksum=array_store.file_checksum(args.path),
-        teacher={"path": os.path.basename(args.path)},
+        args.subset, args.topk, passes, dictionary, sizes,
+        teacher_checksum=soft_labels.joined_checksum(checksums),
+        teacher={"path": ":".join(os.path.basename(p) for p in files)},
         num_shards=shard.num_shards, shard_id=shard.shard_id, sentence_range=(start, end),
+        teacher_kind=kind, teacher_checksums=checksums, temperature=temperature,
     )
     sharded = shard.num_shards > 1
     path = soft_labels.part_work_path(args.out, *shard[:2]) if sharded else args.out
@@ -249,20 +418,31 @@ def dump(args) -> dict:
     if resumed:
         logger.info(f"resuming {path}: {resumed} of {end - start} sentences already written")
     offsets = np.asarray(store["offsets"])  # from 0 at sentence ``start``
+
+    def score(batch):
+        """(local sentence j per token, slot, ids, values, gold_logprob) of a batch of local indices."""
+        items = [dataset[start + int(j)] for j in batch]
+        if kind == CMLM:
+            sentence, *rest = teacher_topk(teacher, items, passes, args.topk, device, dtype)
+            return (batch[sentence], *rest)
+        sample = dataset.collater(items)  # fairseq's teacher forcing: prev_output_tokens = </s> + target[:-1]
+        if use_cuda:
+            sample = fairseq_utils.move_to_cuda(sample, device=device)
+        sentence, *rest = translation_topk(teacher, sample, args.topk, temperature, dictionary.pad())
+        return (sentence - start, *rest)
+
     # Batches of local indices j (sentence start + j); ``start`` is a multiple of the
     # window, so these are the batches one process forms for the same sentences.
-    batches = make_batches(src_sizes[start:end], sizes[start:end], args.passes, args.max_tokens, args.sort_window)
+    batches = make_batches(src_sizes[start:end], sizes[start:end], passes, args.max_tokens, args.sort_window)
     kill_after = int(os.environ.get("FAIRSEQ_KD_DUMP_KILL_AFTER", "-1"))
     done_now, tokens_now, t0 = 0, 0, time.time()
     for batch in progress(batches, total=len(batches), desc=what, unit="batch"):
         if store.done[batch].all():
             continue
-        sentence, slot, ids, logits, gold_logprob = teacher_topk(
-            model, [dataset[start + int(j)] for j in batch], args.passes, args.topk, device, dtype
-        )
-        rows = offsets[batch[sentence]] + slot  # store rows of these target tokens
+        sentence, slot, ids, values, gold_logprob = score(batch)
+        rows = offsets[sentence] + slot  # store rows of these target tokens
         store["ids"][rows] = ids
-        store["logits"][rows] = logits.astype(np.float16)
+        store["logits"][rows] = values.astype(np.float16)
         store["gold_logprob"][rows] = gold_logprob
         if done_now == kill_after:
             for array in store.arrays.values():
@@ -297,6 +477,9 @@ def dump(args) -> dict:
         "path": path,
         "teacher_quality": header["teacher_quality"],
         "topk": args.topk,
+        "teacher_kind": kind,
+        "teacher_models": len(files),
+        "temperature": temperature,
     }
 
 
@@ -306,6 +489,11 @@ def cli_main(argv=None) -> None:
 
     args, summary = run_command(get_parser(), dump, argv, errors=(OSError, ValueError))
     quality = describe_quality(summary["teacher_quality"], summary["topk"])
+    if summary["teacher_models"] > 1:
+        quality += (f"; {summary['teacher_models']} {summary['teacher_kind']} teachers, probabilities averaged at "
+                    f"T={summary['temperature']:g} (train with --kd-temperature {summary['temperature']:g})")
+    else:
+        quality += f"; {summary['teacher_kind']} teacher, raw logits"
     if summary["num_shards"] > 1:
         start, end = summary["sentence_range"]
         tokens = summary["part_tokens"]

@@ -9,14 +9,27 @@ included, sentences in dataset order) plus ``header.json``
 
 - ``ids.npy``      tokens x K int32, the teacher's top-K word ids (student
   dictionary), by descending logit;
-- ``logits.npy``   tokens x K float16, their raw logits (the temperature is
-  applied at training time, see ``losses.topk_soft_targets``);
+- ``logits.npy``   tokens x K float16, their values: raw logits of one teacher
+  (the temperature is applied at training time, see
+  ``losses.topk_soft_targets``), or for an ensemble T log q of the models'
+  averaged probabilities q at the dump's temperature T (header
+  ``temperature``; exact for a student at that ``--kd-temperature`` only);
 - ``gold_logprob.npy``  tokens float32, the teacher's log-probability of the
   gold word (full softmax, T = 1): what the teacher's quality is measured by;
 - ``offsets.npy``  (sentences + 1) int64: sentence i is rows offsets[i]:offsets[i+1].
 
 With K = 8 that is 52 bytes a token (+ 8 a sentence). Stores of version 1
-(before ``gold_logprob``) are still read.
+(before ``gold_logprob``) and 2 (before ``teacher_kind``: a conditional_mlm
+teacher) are still read.
+
+The teacher. ``teacher_kind`` is ``conditional_mlm`` (a BERT C-MLM teacher
+scored over ``passes`` masked copies) or ``translation`` (autoregressive
+fairseq models teacher-forced on the gold target; ``passes`` is null);
+``teacher_checksums`` lists every checkpoint's sha256 and ``teacher_checksum``
+is the one of a single teacher, for an ensemble the sha256 of the
+colon-joined list (:func:`joined_checksum`). ``temperature`` is null when the
+values are raw logits (exact at any student temperature), else the ensemble's
+averaging temperature.
 
 Teacher quality. A finished store's header holds ``teacher_quality``: over the
 tokens it holds, how often the teacher's top-1 word is the gold word
@@ -27,8 +40,8 @@ teacher that is worse than the student it teaches is visible before any
 student is trained.
 
 The header records what the rows mean and what they belong to: ``topk``,
-``passes``, ``split``, the dictionary's checksum and size, the split's
-sentence count, token count and sizes checksum, the teacher checkpoint's
+``passes``, ``teacher_kind``, ``temperature``, ``split``, the dictionary's
+checksum and size, the split's sentence count, token count and sizes checksum, the teacher checkpoints'
 sha256, and the sentence range ``[first, last)`` / token range the store
 covers with ``num_shards`` / ``shard_id``. :meth:`SoftLabelStore.check`
 refuses a store that does not match the dataset and dictionary it is used with.
@@ -57,8 +70,9 @@ from . import array_store
 from .array_store import StoreError
 
 KIND = "soft_labels"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no gold_logprob array, no teacher_quality
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no gold_logprob array, no teacher_quality; 2: no teacher_kind (a C-MLM)
+TEACHER_KINDS = ("conditional_mlm", "translation")
 
 
 def target_sizes(dataset) -> np.ndarray:
@@ -69,10 +83,20 @@ def target_sizes(dataset) -> np.ndarray:
     return np.asarray(sizes, dtype=np.int64)
 
 
+def joined_checksum(checksums: Sequence[str]) -> str:
+    """``teacher_checksum`` of the teachers with these sha256s: the one of a single
+    teacher, the sha256 of the colon-joined list for an ensemble."""
+    import hashlib
+
+    if len(checksums) == 1:
+        return checksums[0]
+    return hashlib.sha256(":".join(checksums).encode()).hexdigest()
+
+
 def make_header(
     split: str,
     topk: int,
-    passes: int,
+    passes: Optional[int],
     dictionary,
     sizes: Sequence[int],
     teacher_checksum: str,
@@ -80,12 +104,19 @@ def make_header(
     num_shards: int = 1,
     shard_id: int = 0,
     sentence_range: Optional[Tuple[int, int]] = None,
+    teacher_kind: str = "conditional_mlm",
+    teacher_checksums: Optional[Sequence[str]] = None,
+    temperature: Optional[float] = None,
 ) -> Dict[str, Any]:
     """The header of a store of ``split`` (``sizes``: all its target lengths).
 
     By default the store holds the whole split (shard 0 of 1); a part of a
     sharded dump holds ``sentence_range`` = [start, end) and records its shard.
+    ``passes`` is None for a translation teacher; ``teacher_checksums`` defaults
+    to ``[teacher_checksum]``; ``temperature`` is None for raw logits.
     """
+    if teacher_kind not in TEACHER_KINDS:
+        raise ValueError(f"teacher_kind {teacher_kind!r} is not one of {', '.join(TEACHER_KINDS)}")
     sizes = np.asarray(sizes, dtype=np.int64)
     start, end = sentence_range if sentence_range is not None else (0, len(sizes))
     if not 0 <= start <= end <= len(sizes):
@@ -96,13 +127,16 @@ def make_header(
         "version": VERSION,
         "split": split,
         "topk": int(topk),
-        "passes": int(passes),
+        "passes": None if passes is None else int(passes),
+        "teacher_kind": teacher_kind,
+        "temperature": None if temperature is None else float(temperature),
         "dictionary_checksum": array_store.dictionary_checksum(dictionary),
         "dictionary_size": len(dictionary),
         "sentences": int(len(sizes)),
         "tokens": int(sizes.sum()),
         "sizes_checksum": array_store.sizes_checksum(sizes),
         "teacher_checksum": teacher_checksum,
+        "teacher_checksums": list(teacher_checksums) if teacher_checksums is not None else [teacher_checksum],
         "teacher": teacher or {},
         # Sharding: the [first, last) sentences and tokens of the split held here.
         "num_shards": int(num_shards),
@@ -195,8 +229,9 @@ def create_or_resume(path: str, header: Dict[str, Any], sizes: Sequence[int]) ->
 
 
 # ------------------------------------------------------------------ shards
-PART_SETTINGS = ("kind", "version", "split", "topk", "passes", "dictionary_checksum", "dictionary_size",
-                 "sentences", "tokens", "sizes_checksum", "teacher_checksum")
+PART_SETTINGS = ("kind", "version", "split", "topk", "passes", "teacher_kind", "temperature",
+                 "dictionary_checksum", "dictionary_size", "sentences", "tokens", "sizes_checksum",
+                 "teacher_checksum", "teacher_checksums")
 """Header fields every part of one dump shares. The rest is the part's own range, and
 ``teacher`` (the checkpoint's file name, informative: its sha256 is what must match)."""
 
@@ -262,7 +297,7 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
     """Concatenate the parts in ``parent`` (``OUT.parts``) into the store ``out``.
 
     Checks first and writes nothing when a check fails (StoreError / ValueError
-    naming the parts): every part is finished, has the same K, passes,
+    naming the parts): every part is finished, has the same K, passes, teacher kind, temperature,
     dictionary and split checksums and teacher hash (:data:`PART_SETTINGS`),
     and the sentence ranges cover the split exactly once
     (:func:`fairseq_kd.data.shards.check_parts`). The store is then written in
@@ -354,7 +389,10 @@ class SoftLabelStore:
         self.ids, self.logits, self.offsets = arrays["ids"], arrays["logits"], arrays["offsets"]
         self.split = self.header["split"]
         self.topk = int(self.header["topk"])
-        self.passes = int(self.header["passes"])
+        passes = self.header.get("passes")
+        self.passes = None if passes is None else int(passes)  # None: a translation teacher
+        self.teacher_kind = self.header.get("teacher_kind", "conditional_mlm")  # versions 1, 2: C-MLM only
+        self.temperature = self.header.get("temperature")  # None: raw logits, exact at any temperature
         if self.ids.shape != self.logits.shape or self.ids.shape[1] != self.topk:
             raise StoreError(f"{path}: ids {self.ids.shape} and logits {self.logits.shape} do not hold K={self.topk}")
         if self.header.get("num_shards", 1) != 1 or self.header.get("sentence_range") != [0, self.header["sentences"]]:

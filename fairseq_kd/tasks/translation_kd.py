@@ -7,8 +7,10 @@ optional:
   owned by the task, frozen, run under ``torch.no_grad()`` on the student's
   device and dtype (word-level KD, Kim & Rush 2016);
 - ``--soft-labels DIR``: a top-K soft-label store written offline by
-  ``fairseq-kd-dump-soft-labels`` (BERT teacher, Chen et al. 2020): no teacher
-  in memory;
+  ``fairseq-kd-dump-soft-labels`` (BERT teacher, Chen et al. 2020, or any
+  autoregressive teacher / ensemble): no teacher in memory; an ensemble's
+  store is exact at its dump temperature only, and another ``--kd-temperature``
+  is refused at the first batch;
 - ``--distilled-data DIR``: a distilled corpus written by
   ``fairseq-kd-distill-corpus`` (sequence-level KD, Kim & Rush 2016).
 
@@ -111,6 +113,8 @@ class TranslationKDTask(TranslationTask):
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.teacher: Optional[TeacherEnsemble] = None
+        # An ensemble's store holds T log q at its dump temperature: exact at that --kd-temperature only.
+        self.soft_labels_temperature: Optional[float] = None
 
     @classmethod
     def setup_task(cls, cfg: TranslationKDConfig, **kwargs):
@@ -157,6 +161,7 @@ class TranslationKDTask(TranslationTask):
             logger.info(f"no soft labels for {split} (the store holds {store.split}): gold target only")
             return None
         store.check(dataset, self.tgt_dict)  # raises on any misalignment
+        self.soft_labels_temperature = store.temperature
         logger.info(f"soft labels for {split}: {self.cfg.soft_labels} (K={store.topk})")
         return store
 
@@ -221,6 +226,13 @@ class TranslationKDTask(TranslationTask):
             this batch has no teacher (e.g. validation with a soft-label store).
         """
         if "soft_labels" in sample:
+            if self.soft_labels_temperature is not None and temperature != self.soft_labels_temperature:
+                raise ValueError(
+                    f"--soft-labels {self.cfg.soft_labels} holds an ensemble's probabilities averaged at temperature "
+                    f"{self.soft_labels_temperature:g}, the criterion's is {temperature:g}: train with "
+                    f"--kd-temperature {self.soft_labels_temperature:g}, or dump the store again with "
+                    f"fairseq-kd-dump-soft-labels --temperature {temperature:g}"
+                )
             ids_T, logits_T = sample["soft_labels"]["ids"], sample["soft_labels"]["logits"]  # B x T x K
             if mask is None:  # pad rows hold pad ids and zero logits: finite, weighted 0 by the caller
                 ids_T, logits_T = ids_T.view(-1, ids_T.size(-1)), logits_T.view(-1, logits_T.size(-1))
