@@ -55,7 +55,7 @@ def scores(work: str, model: str, tag: str, setting: str) -> Optional[dict]:
         return json.load(f)
 
 
-VALID_LINE = re.compile(r"valid on 'valid' subset \| epoch (\d+) \|(.*)")
+VALID_LINE = re.compile(r"epoch (\d+) \| valid on 'valid' subset \|(.*)")
 
 
 def valid_curve(work: str, model: str) -> List[Dict[str, float]]:
