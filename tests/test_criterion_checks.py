@@ -294,7 +294,7 @@ def test_reduce_metrics_teacher_accuracy_in_percent():
         {"loss": 2.0, "nll_loss": 1.0, "ntokens": 6, "sample_size": 6, "kd_loss": 1.0, "kd_tokens": 6,
          "teacher_agree": 1, "teacher_correct": 3, "n_correct": 4, "total": 6},
     ]
-    with metrics.aggregate() as agg:
+    with metrics.aggregate(new_root=True) as agg:  # only this aggregator: not the process-wide default
         WordKDCriterion.reduce_metrics(logs)
     values = agg.get_smoothed_values()
     assert values["teacher_accuracy"] == pytest.approx(100.0 * 12 / 16, abs=1e-3)

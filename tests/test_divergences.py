@@ -389,10 +389,10 @@ def test_reduce_metrics_selected_fraction():
         {"loss": 2.0, "nll_loss": 1.0, "ntokens": 6, "sample_size": 6, "kd_loss": 1.0, "kd_tokens": 6,
          "teacher_agree": 1, "teacher_correct": 3, "kd_selected": 5},
     ]
-    with metrics.aggregate() as agg:
+    with metrics.aggregate(new_root=True) as agg:  # only this aggregator: not the process-wide default
         WordKDCriterion.reduce_metrics(logs)
     assert agg.get_smoothed_values()["kd_selected_fraction"] == pytest.approx(8 / 16, abs=1e-4)
-    with metrics.aggregate() as agg:
+    with metrics.aggregate(new_root=True) as agg:  # only this aggregator: not the process-wide default
         WordKDCriterion.reduce_metrics([{k: v for k, v in log.items() if k != "kd_selected"} for log in logs])
     assert "kd_selected_fraction" not in agg.get_smoothed_values()
 

@@ -87,7 +87,7 @@ def test_reduce_metrics_per_example():
         {"loss": 2.0, "ce_loss": 3.0, "nlabelled": 2, "ncorrect": 2, "sample_size": 1, "nsentences": 1,
          "ntokens": 3},
     ]
-    with metrics.aggregate() as agg:
+    with metrics.aggregate(new_root=True) as agg:  # only this aggregator: not the process-wide default
         LogitMSECriterion.reduce_metrics(logs)
     values = agg.get_smoothed_values()
     assert values["loss"] == pytest.approx(8.0 / 4)
