@@ -4,9 +4,16 @@ their top-1 agreement, store bytes per token, dump peak memory at two split
 sizes, and student words/s with --soft-labels vs label_smoothed_cross_entropy.
 
 usage: python benchmarks/dump_soft_labels.py DATA TEACHER.pt [--out DIR] [--student-store DIR] [--cpu]
+       python benchmarks/dump_soft_labels.py DATA TEACHER.pt --dump-only [--speed-subset train]
+           [--speed-sentences 0] [--fp16 | --bf16] [--max-tokens N] [--json FILE]
   DATA     WordPiece data binarized with --joined-dictionary (e.g. the quickstart's
            work_dirs/quickstart_bert/data-bin), with train, valid and test splits
-  TEACHER  a conditional_mlm checkpoint (e.g. work_dirs/quickstart_bert/teacher/final.pt)
+  TEACHER  a conditional_mlm checkpoint (e.g. work_dirs/quickstart_bert/teacher/final.pt);
+           with --dump-only also an autoregressive translation checkpoint
+
+--dump-only times one dump of --speed-subset with the teacher's default passes
+(7 for C-MLM, none for a translation teacher) and keeps the store in OUT/store
+(a store of DATA's split when --speed-sentences is 0): dump tokens/s per device.
 
 Prints one JSON object; every ratio is against a baseline measured in the same run.
 """
@@ -58,11 +65,16 @@ def first_sentences(data, split, n, out):
 
 
 def dump(data, teacher, subset, passes, out, extra):
+    """One fairseq-kd-dump-soft-labels run into ``out``, top-8; ``passes`` None: the
+    command's default (7 for a C-MLM teacher; a translation teacher takes none)."""
     shutil.rmtree(out, ignore_errors=True)
+    passes_args = [] if passes is None else ["--passes", str(passes)]
     log, wall, rss = run_measured([os.path.join(BIN, "fairseq-kd-dump-soft-labels"), data, "--path", teacher,
-                                   "--subset", subset, "--topk", "8", "--passes", str(passes), "--out", out, *extra])
+                                   "--subset", subset, "--topk", "8", *passes_args, "--out", out, *extra])
     m = re.search(r"dumped \S+: (\d+) sentences, (\d+) tokens .* ([\d.]+) tokens/s, (\d+) bytes", log)
     sentences, tokens, tps, nbytes = int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4))
+    with open(os.path.join(out, "header.json")) as f:
+        passes = json.load(f).get("passes")  # the command's default when None was asked
     return {"subset": subset, "passes": passes, "sentences": sentences, "tokens": tokens,
             "tokens_per_s": round(tps, 1), "bytes_per_token": round(nbytes / tokens, 2),
             "peak_rss_mib": round(rss, 1), "wall_s": round(wall, 1)}
@@ -85,7 +97,7 @@ def student_wps(data, save, criterion, updates, extra):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", help="binarized WordPiece data (joined dictionary)")
-    parser.add_argument("teacher", help="conditional_mlm teacher checkpoint")
+    parser.add_argument("teacher", help="conditional_mlm teacher checkpoint (--dump-only: or a translation one)")
     parser.add_argument("--out", default="work_dirs/bench_dump", help="scratch directory")
     parser.add_argument("--speed-subset", default="test", help="split timed with --passes 7 and 0")
     parser.add_argument("--speed-sentences", type=int, default=200,
@@ -95,14 +107,29 @@ def main():
                              "(default: dump one with --passes 1)")
     parser.add_argument("--student-updates", type=int, default=100, help="updates per student run")
     parser.add_argument("--cpu", action="store_true", help="run on CPU")
+    parser.add_argument("--dump-only", action="store_true",
+                        help="only time one dump of --speed-subset (the teacher's default passes) into OUT/store")
+    half = parser.add_mutually_exclusive_group()
+    half.add_argument("--fp16", action="store_true", help="dump in float16 (GPU)")
+    half.add_argument("--bf16", action="store_true", help="dump in bfloat16 (GPU)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="the dump's --max-tokens (default: its own)")
+    parser.add_argument("--json", help="also write the JSON object to this file")
     args = parser.parse_args()
-    extra = ["--cpu"] if args.cpu else []
+    extra = (["--cpu"] if args.cpu else []) + (["--fp16"] if args.fp16 else []) + (["--bf16"] if args.bf16 else [])
+    if args.max_tokens:
+        extra += ["--max-tokens", str(args.max_tokens)]
     os.makedirs(args.out, exist_ok=True)
     result = {}
 
     speed_data = args.data
     if args.speed_sentences:
         speed_data = first_sentences(args.data, args.speed_subset, args.speed_sentences, os.path.join(args.out, "speed_data"))
+    if args.dump_only:
+        store = os.path.join(args.out, "store")
+        result = dump(speed_data, args.teacher, args.speed_subset, None, store, extra)
+        result.update(store=store, fp16=args.fp16, bf16=args.bf16, max_tokens=args.max_tokens)
+        write_result(result, args.json)
+        return
     p7 = dump(speed_data, args.teacher, args.speed_subset, 7, os.path.join(args.out, "p7"), extra)
     p0 = dump(speed_data, args.teacher, args.speed_subset, 0, os.path.join(args.out, "p0"), extra)
     ids7 = np.load(os.path.join(args.out, "p7", "ids.npy"))
@@ -130,7 +157,16 @@ def main():
         "--kd-alpha", "0.5", "--kd-temperature", "10", "--kd-topk", "8"], args.student_updates, extra)
     result["student_wps"] = {"label_smoothed_cross_entropy": ls, "word_kd_soft_labels": kd,
                              "ratio": round(kd / ls, 3), "updates": args.student_updates}
+    write_result(result, args.json)
+
+
+def write_result(result, path=None):
+    """Print the JSON object; with ``path``, also write it there (atomically)."""
     print(json.dumps(result, indent=2))
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

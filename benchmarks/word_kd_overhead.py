@@ -1,17 +1,21 @@
 #!/usr/bin/env python
-"""Online-teacher overhead of --criterion word_kd.
+"""Online-teacher overhead of --criterion word_kd, and the cost of training from a store.
 
 Trains the same student on the same data for a fixed number of updates with
-``label_smoothed_cross_entropy`` and with ``word_kd`` (online teacher),
-alternating the runs, and prints words/s of each and their ratio. Beside it,
-the teacher's forward time per batch (measured alone on the same batches), so
-the overhead per update can be compared with what the teacher must cost.
+``label_smoothed_cross_entropy``, with ``word_kd`` from an online teacher
+(``--teacher``) and/or with ``word_kd`` from a soft-label store of the training
+split (``--soft-labels``), alternating the runs in one invocation, and prints
+words/s of each and their ratios to label smoothing. Beside it, the teacher's
+forward time per batch (measured alone on the same batches), so the overhead
+per update can be compared with what the teacher must cost.
 
 usage:
-  python benchmarks/word_kd_overhead.py DATA --teacher TEACHER.pt [--updates 60] [--repeats 2]
-      [--student-args "..."] [--max-tokens 4096] [--cpu]
+  python benchmarks/word_kd_overhead.py DATA --teacher TEACHER.pt [--soft-labels STORE] [--updates 60]
+      [--repeats 2] [--student-args "..."] [--max-tokens 4096] [--cpu | --fp16] [--json FILE]
 """
 import argparse
+import json
+import math
 import os
 import shlex
 import statistics
@@ -37,7 +41,7 @@ def teacher_forward_ms(data, args):
         dataset=task.dataset("train"), max_tokens=args.max_tokens, seed=1, num_workers=0
     ).next_epoch_itr(shuffle=True)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    task.teacher.follow(device, torch.float32)
+    task.teacher.follow(device, torch.float16 if args.fp16 else torch.float32)  # the student's dtype
     times = []
     for i, sample in enumerate(itr):
         if i >= args.teacher_batches + 2:
@@ -49,9 +53,8 @@ def teacher_forward_ms(data, args):
         task.teacher.logits(net_input)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:  # warm-up
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.mean(times)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.mean(times[2:] or times)  # the first 2 batches warm up (unless there are no more)
 
 
 def step_times(data, args, rounds=5, batches=6):
@@ -108,10 +111,12 @@ def step_times(data, args, rounds=5, batches=6):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("data", help="binarized data directory (fairseq-preprocess output)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--teacher", help="teacher checkpoint sharing the target dictionary")
-    source.add_argument("--soft-labels", help="with --step-rounds: a soft-label store of DATA's train split "
-                        "(word_kd from the store, top-8, T 10, instead of an online teacher)")
+    parser.add_argument("--teacher", help="teacher checkpoint sharing the target dictionary (online word_kd)")
+    parser.add_argument("--soft-labels", help="a soft-label store of DATA's train split: word_kd from the store "
+                        "(all its K, --store-args added; with --step-rounds: top-8, T 10, instead of an online "
+                        "teacher)")
+    parser.add_argument("--store-args", default="", help="more word_kd options of the store run, e.g. "
+                        "'--kd-temperature 10 --kd-topk 8' for a C-MLM store (not with --step-rounds)")
     parser.add_argument("--updates", type=int, default=60, help="updates per run")
     parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each criterion")
@@ -119,11 +124,22 @@ def main():
     parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
     parser.add_argument("--teacher-batches", type=int, default=20, help="batches timed for the teacher forward")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    parser.add_argument("--fp16", action="store_true", help="train with fairseq-train --fp16 (GPU) and time the "
+                        "teacher forward in float16 (not with --step-rounds)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--step-rounds", type=int, default=0,
                         help="instead of fairseq-train runs: time forward+loss+backward of each criterion and "
                         "the teacher's forward in one process, alternating, this many rounds (CPU)")
     args = parser.parse_args()
+    if args.teacher is None and args.soft_labels is None:
+        parser.error("give --teacher, --soft-labels or both")
+    if args.fp16 and args.cpu:
+        parser.error("--fp16 needs a GPU: remove --cpu or --fp16")
     if args.step_rounds:
+        if args.teacher and args.soft_labels:
+            parser.error("--step-rounds times one of --teacher / --soft-labels: give one")
+        if args.fp16 or args.store_args or args.json:
+            parser.error("--fp16, --store-args and --json are for fairseq-train runs, not --step-rounds")
         ms, words = step_times(args.data, args, rounds=args.step_rounds)
         base, kd = ms["label_smoothed_cross_entropy"], ms["word_kd"]
         what = "soft-label store" if args.soft_labels else "online teacher"
@@ -136,23 +152,45 @@ def main():
             t = ms["teacher_forward"]
             print(f"teacher forward per batch     {t:8.1f} ms   (overhead / teacher forward = {(kd - base) / t:.2f})")
         return
-    if args.teacher is None:
-        parser.error("--soft-labels needs --step-rounds")
 
-    ls = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
-    kd = ["--task", "translation_kd", "--teacher-path", args.teacher, "--criterion", "word_kd",
-          "--label-smoothing", "0.1", "--kd-alpha", "0.5"]
-    runs = {"label_smoothed_cross_entropy": ls, "word_kd": kd}
+    half = ["--fp16"] if args.fp16 else []
+    kd = ["--criterion", "word_kd", "--label-smoothing", "0.1", "--kd-alpha", "0.5"]
+    runs = {"label_smoothed_cross_entropy": ["--criterion", "label_smoothed_cross_entropy",
+                                             "--label-smoothing", "0.1", *half]}
+    if args.teacher:
+        runs["word_kd"] = ["--task", "translation_kd", "--teacher-path", args.teacher, *kd, *half]
+    if args.soft_labels:
+        runs["word_kd_store"] = ["--task", "translation_kd", "--soft-labels", args.soft_labels, *kd,
+                                 *shlex.split(args.store_args), *half]
     results, wpb = alternate_runs(args.data, runs, args, "run {run}: {name:30s} {wps:9.1f} words/s")
-    base = statistics.median(results["label_smoothed_cross_entropy"])
-    kd_wps = statistics.median(results["word_kd"])
-    ms_base, ms_kd = 1000 * wpb / base, 1000 * wpb / kd_wps
-    t_ms = teacher_forward_ms(args.data, args)
+    wps = {name: statistics.median(v) for name, v in results.items()}
+    base = wps["label_smoothed_cross_entropy"]
+    ms_base = 1000 * wpb / base
+    out = {"updates": args.updates, "log_interval": args.log_interval, "repeats": args.repeats,
+           "max_tokens": args.max_tokens, "words_per_batch": wpb, "fp16": args.fp16,
+           "label_smoothed_cross_entropy_wps": base, "runs_wps": results}
     print(f"\nlabel_smoothed_cross_entropy {base:9.1f} words/s  ({ms_base:7.1f} ms/update)")
-    print(f"word_kd (online teacher)     {kd_wps:9.1f} words/s  ({ms_kd:7.1f} ms/update)")
-    print(f"ratio word_kd / baseline     {kd_wps / base:9.3f}")
-    print(f"overhead per update          {ms_kd - ms_base:9.1f} ms")
-    print(f"teacher forward per batch    {t_ms:9.1f} ms   (overhead / teacher forward = {(ms_kd - ms_base) / t_ms:.2f})")
+    if "word_kd_store" in wps:
+        store = wps["word_kd_store"]
+        out.update(word_kd_store_wps=store, ratio_store=store / base)
+        print(f"word_kd (soft-label store)   {store:9.1f} words/s  ({1000 * wpb / store:7.1f} ms/update)")
+        print(f"ratio store / baseline       {store / base:9.3f}")
+    if "word_kd" in wps:
+        kd_wps = wps["word_kd"]
+        ms_kd = 1000 * wpb / kd_wps
+        t_ms = teacher_forward_ms(args.data, args)
+        out.update(word_kd_online_wps=kd_wps, ratio_online=kd_wps / base, overhead_ms_per_update=ms_kd - ms_base,
+                   teacher_forward_ms=t_ms, overhead_over_teacher_forward=(ms_kd - ms_base) / t_ms)
+        print(f"word_kd (online teacher)     {kd_wps:9.1f} words/s  ({ms_kd:7.1f} ms/update)")
+        print(f"ratio word_kd / baseline     {kd_wps / base:9.3f}")
+        print(f"overhead per update          {ms_kd - ms_base:9.1f} ms")
+        print(f"teacher forward per batch    {t_ms:9.1f} ms   (overhead / teacher forward = {(ms_kd - ms_base) / t_ms:.2f})")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:  # NaN/inf would not be JSON: a failed measure is null
+            json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()},
+                      f, indent=2)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,41 @@ def topk_soft_targets(
     return F.softmax(logits_T.float() / temperature, dim=-1), ids_T
 
 
+def sampled_soft_targets(
+    probs_T: Tensor, num_samples: int, generator: Optional[torch.Generator] = None
+) -> Tuple[Tensor, Tensor]:
+    """An unbiased sparse teacher: ``num_samples`` words drawn from q per position.
+
+    Args:
+        probs_T: N x V teacher probabilities q (at the dump's temperature; rows sum to 1).
+        num_samples: S, draws per position, with replacement.
+        generator: the random stream (a seeded ``torch.Generator`` makes a dump reproducible).
+
+    Returns:
+        (ids_T, weights_T): N x S word ids and N x S weights w = count / S, the
+        distinct drawn words first (by descending count), then slots of weight 0
+        (their ids repeat a drawn word). Each row's weights sum to 1.
+
+    Random-sampling KD (Anshumann et al. 2025, "Sparse Logit Sampling: Accelerating
+    Knowledge Distillation in LLMs", ACL): with x_1..x_S ~ q,
+    E[-sum_v w_v log p_v] = E[-1/S sum_i log p_{x_i}] = -sum_v q_v log p_v, the
+    full-vocabulary cross-entropy, and its gradient in the student's logits,
+    p - w, has expectation p - q: unbiased where a renormalized top-K q is not.
+    Only the cross-entropy (forward KL up to a constant) has this property; the
+    other divergences are non-linear in q and refuse a sampled teacher.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    draws = torch.multinomial(probs_T.float(), num_samples, replacement=True, generator=generator)  # N x S
+    draws, _ = draws.sort(-1)
+    counts = (draws.unsqueeze(-1) == draws.unsqueeze(-2)).sum(-1)  # N x S: how often each slot's word was drawn
+    first = torch.ones_like(draws, dtype=torch.bool)
+    first[:, 1:] = draws[:, 1:] != draws[:, :-1]
+    weights = counts.float().div_(num_samples).masked_fill_(~first, 0.0)  # each distinct word once
+    weights, order = weights.sort(dim=-1, descending=True, stable=True)
+    return draws.gather(-1, order), weights
+
+
 def kd_cross_entropy(lprobs_S: Tensor, probs_T: Tensor, ids_T: Optional[Tensor] = None) -> Tensor:
     """Word-level KD term: the cross-entropy H(q, p) at each position.
 

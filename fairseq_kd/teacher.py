@@ -1,4 +1,11 @@
-"""Frozen teachers: loading fairseq checkpoints (ensembles) for online distillation.
+"""Frozen teachers: the one loader of fairseq checkpoints (ensembles) that run as teachers.
+
+:func:`load_teacher` is how every part of the plugin loads a teacher: the KD
+tasks (online distillation, with the student's task) and the commands that
+run one (``fairseq-kd-dump-soft-labels``, ``-dump-logits``, ``-distill-corpus``,
+``-evaluate``; a task built from the checkpoint pointed at their data). The
+commands choose device and dtype with one policy, ``cli/_common.py``'s
+:func:`~fairseq_kd.cli._common.device_and_dtype`.
 
 The teacher is never a submodule of the student model or of the criterion:
 fairseq's trainer would optimize it, wrap it in DDP and save it in every
@@ -7,9 +14,10 @@ the models in ``eval()`` with ``requires_grad_(False)``, runs them under
 ``torch.no_grad()`` and follows the student's device and dtype (half with
 ``--fp16``, bfloat16 with ``--bf16``).
 """
+import copy
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -52,7 +60,8 @@ def dictionary_mismatch(dict_T, dict_S) -> Optional[str]:
 
 def _output_rows(model_state: Dict[str, torch.Tensor]) -> Optional[int]:
     """Size of the decoder's output vocabulary read from a state dict."""
-    for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
+    for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight",
+                "output_projection.weight"):  # the last: bert_teacher (conditional_mlm)
         if key in model_state:
             return model_state[key].size(0)
     return None
@@ -112,36 +121,107 @@ def check_teacher_dictionary(path: str, state: dict, tgt_dict, src_dict=None) ->
         )
 
 
+# A teacher trained with KD options of its own (its own teacher, stores, distilled
+# data) needs none of them to run: they are switched off when a task is built for it.
+TEACHER_KD_OPTIONS = ("teacher_path", "soft_labels", "distilled_data", "teacher_logits")
+
+
+def load_teacher(
+    paths: Union[str, Sequence[str]],
+    *,
+    task=None,
+    data: Optional[str] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    what: str = "teacher checkpoint",
+    generation: bool = False,
+) -> "TeacherEnsemble":
+    """Load fairseq checkpoints ``a.pt:b.pt`` (or a list) as one frozen :class:`TeacherEnsemble`.
+
+    Args:
+        paths: checkpoint file(s); colon-separated for an ensemble.
+        task: build the models with this task (the student's: dictionaries shared).
+        data: without ``task``: build the task from the first checkpoint's config
+            pointed at this data directory, with the KD options of
+            :data:`TEACHER_KD_OPTIONS` switched off; every checkpoint is built with it.
+        overrides: fairseq ``arg_overrides`` applied to each checkpoint's config
+            (task and model; keys the config lacks are ignored), e.g. ``source_lang``.
+        device, dtype: where the models run (default: CPU, float32); the caller
+            decides (commands: ``_common.device_and_dtype``, tasks: the student's).
+        what: names the files in errors ("teacher checkpoint not found: ...").
+        generation: also run fairseq's ``prepare_for_inference_`` (as
+            ``fairseq-generate``), for decoding with ``task.build_generator``.
+
+    For a task that reads language pairs (fairseq's ``TranslationTask`` and its
+    subclasses: translation, translation_kd, translation_lev, conditional_mlm)
+    each checkpoint's dictionaries are checked against the task's
+    (:func:`check_teacher_dictionary`). Raises FileNotFoundError for a missing
+    file or data directory, ValueError (CheckpointError) naming the file for a
+    file that is not a fairseq checkpoint or a dictionary mismatch.
+    """
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.dataclass.utils import overwrite_args_by_name
+    from fairseq.tasks.translation import TranslationTask
+
+    files = split_paths(paths) if isinstance(paths, str) else [p for p in paths if p]
+    if not files:
+        raise ValueError(f"no {what} given: --path is empty")
+    check_files_exist(files, what)
+    if task is None:
+        if data is None:
+            raise TypeError("load_teacher needs task= (the student's) or data= (a data directory)")
+        if not os.path.isdir(data):
+            raise FileNotFoundError(f"data directory not found: {data}")
+        overrides = {"data": data, **{key: None for key in TEACHER_KD_OPTIONS}, **(overrides or {})}
+    models = []
+    for path in files:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        # The teacher's own data and languages (for the dictionary check) before the overrides.
+        dictionary_state = {"cfg": copy.deepcopy(state["cfg"]), "model": state["model"]}
+        if overrides:
+            overwrite_args_by_name(state["cfg"], overrides)
+        if task is None:
+            task = tasks.setup_task(state["cfg"].task)
+        if isinstance(task, TranslationTask):
+            check_teacher_dictionary(path, dictionary_state, task.target_dictionary, task.source_dictionary)
+        ensemble, cfg = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+        if generation:
+            for model in ensemble:
+                model.prepare_for_inference_(cfg)
+        models.extend(ensemble)
+    teacher = TeacherEnsemble(models, files, task)
+    teacher.follow(device or torch.device("cpu"), dtype or torch.float32)
+    n_params = sum(p.numel() for m in models for p in m.parameters())
+    logger.info(f"teacher: {len(models)} model(s), {n_params:,} parameters, {teacher.dtype} on {teacher.device}, "
+                f"from {files}")
+    return teacher
+
+
 class TeacherEnsemble:
     """One or more frozen fairseq models whose logits the criterion distills from.
 
-    Not an ``nn.Module`` on purpose (see the module docstring).
+    ``models`` (frozen: ``eval()``, no gradients), ``paths`` (their files) and
+    ``task`` (the task they were built with). Not an ``nn.Module`` on purpose
+    (see the module docstring). Made by :func:`load_teacher`.
     """
 
-    def __init__(self, models: List[torch.nn.Module], paths: Sequence[str] = ()):
+    def __init__(self, models: List[torch.nn.Module], paths: Sequence[str] = (), task=None):
         self.models = models
         self.paths = list(paths)
+        self.task = task
         for model in self.models:
             model.eval()
             model.requires_grad_(False)
         self._device, self._dtype = None, None
 
-    @classmethod
-    def from_checkpoints(cls, paths: str, task) -> "TeacherEnsemble":
-        """Load ``a.pt:b.pt`` with the student's task (so dictionaries are shared)."""
-        from fairseq import checkpoint_utils
+    @property
+    def device(self) -> Optional[torch.device]:
+        return self._device
 
-        files = split_paths(paths)
-        check_files_exist(files)
-        models = []
-        for path in files:
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)
-            check_teacher_dictionary(path, state, task.target_dictionary, task.source_dictionary)
-            ensemble, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
-            models.extend(ensemble)
-        n_params = sum(p.numel() for m in models for p in m.parameters())
-        logger.info(f"teacher: {len(models)} model(s), {n_params:,} parameters, from {files}")
-        return cls(models, files)
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        return self._dtype
 
     def follow(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move to the student's device and floating-point dtype (once)."""

@@ -42,3 +42,10 @@ def tiny_bert(tmp_path_factory):
     bert_dir, data_bin = utils.make_bert_task(str(root), n_train=120)
     utils.train_bert_teacher(data_bin, bert_dir, str(root / "teacher"), max_update=25)
     return {"bin": data_bin, "bert": bert_dir, "teacher": str(root / "teacher" / "checkpoint_last.pt")}
+
+
+@pytest.fixture(scope="session")
+def nat_data(tmp_path_factory):
+    """The copy task with a joined dictionary, an autoregressive teacher and its distilled
+    corpus, for the NAT students (read only): {"bin", "teacher", "distilled"}."""
+    return utils.make_nat_data(str(tmp_path_factory.mktemp("nat")))

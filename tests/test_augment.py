@@ -390,9 +390,9 @@ def test_cli_rejects_tags_not_aligned_with_the_words(monkeypatch, tmp_path):
     nltk = fake_nltk(monkeypatch)
     nltk.pos_tag = lambda tokens: [(t, "NN") for t in split_contractions(" ".join(tokens))]  # a re-tokenizing tagger
     (tmp_path / "a.txt").write_text("a good film\ni don't know\n")
-    args = augment.get_parser().parse_args(["--input0", str(tmp_path / "a.txt"), "--out-prefix", str(tmp_path / "o")])
+    args = augment.build_parser().parse_args(["--input0", str(tmp_path / "a.txt"), "--out-prefix", str(tmp_path / "o")])
     with pytest.raises(ValueError, match=r"POS source nltk gave 4 tags for the 3 words of line 2: \"i don't know\""):
-        augment.main(args)
+        augment.run(args)
 
 
 # Every line a different length: with masking and n-gram sampling off, an
@@ -415,8 +415,8 @@ def test_cli_pos_replacement_keeps_the_tag(monkeypatch, tmp_path, source):
     (tmp_path / "a.txt").write_text("".join(line + "\n" for line in POS_CORPUS))
     argv = ["--input0", str(tmp_path / "a.txt"), "--pos-source", source, "--p-mask", "0", "--p-ng", "0",
             "--p-pos", "0.5", "--n-iter", "60", "--seed", "11"]
-    summary = augment.main(augment.get_parser().parse_args(argv + ["--out-prefix", str(tmp_path / "one" / "aug")]))
-    augment.main(augment.get_parser().parse_args(argv + ["--out-prefix", str(tmp_path / "two" / "aug")]))
+    summary = augment.run(augment.build_parser().parse_args(argv + ["--out-prefix", str(tmp_path / "one" / "aug")]))
+    augment.run(augment.build_parser().parse_args(argv + ["--out-prefix", str(tmp_path / "two" / "aug")]))
     assert summary["pos_source"] == source
     lines = (tmp_path / "one" / "aug.input0").read_text().splitlines()
     assert lines == (tmp_path / "two" / "aug.input0").read_text().splitlines()  # fixed seed, same file

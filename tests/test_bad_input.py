@@ -65,7 +65,7 @@ def _soft_label_parts(out: str, splits=("train", "train")) -> None:
     (``out.parts/part-0000I-of-00002``); part I is made for split ``splits[I]``."""
     from fairseq.data import Dictionary
 
-    from fairseq_kd.data import array_store, soft_labels
+    from fairseq_kd.data import array_store, parts, soft_labels
     from fairseq_kd.data.shards import shard_range
 
     dictionary = Dictionary()
@@ -76,7 +76,7 @@ def _soft_label_parts(out: str, splits=("train", "train")) -> None:
         start, end = shard_range(sizes, 2, shard_id)
         header = soft_labels.make_header(split, 2, 1, dictionary, sizes, "0" * 64, num_shards=2,
                                          shard_id=shard_id, sentence_range=(start, end))
-        store = soft_labels.create_or_resume(soft_labels.part_path(out, 2, shard_id), header, sizes)
+        store = soft_labels.create_or_resume(parts.part_path(out, 2, shard_id), header, sizes)
         store["ids"][:] = 4
         store["logits"][:] = 1.0
         store.mark_done(slice(None))

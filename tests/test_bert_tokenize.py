@@ -6,7 +6,8 @@ import json
 import pytest
 
 import utils
-from fairseq_kd.cli.bert_tokenize import cli_main, detokenize_line, is_uncased
+from fairseq_kd.cli.bert_tokenize import cli_main, detokenize_line
+from fairseq_kd.data.bert_io import is_uncased
 
 WORDS = ["the", "cat", "sit", "##s", "on", "mat", ".", ",", "'", "s", "a", "##t", "cafe", "dog"]
 

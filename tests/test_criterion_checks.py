@@ -157,7 +157,7 @@ def test_word_kd_per_token_losses(tiny_data, tiny_teacher, store, teacher, prefi
 def test_d2gpo_per_token_losses(tiny_data, prior_k4):
     argv = [tiny_data, *utils.TINY_TRANSFORMER, "--criterion", "d2gpo", "--label-smoothing", "0.1",
             "--d2gpo-prior", prior_k4, "--cpu"]
-    _, task, model, criterion = utils.build_in_process([*argv, "--d2gpo-alpha", "0.5"])
+    _, task, model, criterion = utils.build_in_process([*argv, "--kd-alpha", "0.5"])
     sample = utils.first_batch(task)
     model.eval()
     with torch.no_grad():
@@ -174,7 +174,7 @@ def test_d2gpo_per_token_losses(tiny_data, prior_k4):
     utils.assert_close_by_norm(vec, 0.5 * ls + 0.5 * 4.0 * kl, rtol=1e-5, what="per-token loss")
     assert logs_vec["d2gpo_kl"].item() == pytest.approx(logs["d2gpo_kl"].item(), rel=1e-5)
 
-    criterion.alpha = 0.0  # alpha = 0: label_smoothed_cross_entropy's column exactly
+    criterion.kd_alpha = 0.0  # kd_alpha = 0: label_smoothed_cross_entropy's column exactly
     with torch.no_grad():
         assert torch.equal(criterion(model, sample, reduce=False)[0], ls)
 

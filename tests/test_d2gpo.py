@@ -88,7 +88,7 @@ def test_full_vocabulary_prior_equals_the_papers_dense_loss(tiny_data, priors, s
     T_S = 1 as its code; or at another temperature)."""
     dirs, emb = priors
     alpha, T = 0.3, 2.0
-    extra = ["--d2gpo-alpha", str(alpha), "--d2gpo-temperature", str(T)]
+    extra = ["--kd-alpha", str(alpha), "--d2gpo-temperature", str(T)]
     if student_T is not None:
         extra += ["--d2gpo-student-temperature", str(student_T)]
     cfg, task, model, criterion = _in_process(tiny_data, dirs["full"], *extra)
@@ -133,7 +133,7 @@ def test_alpha_zero_equals_label_smoothed_cross_entropy(tiny_data, priors):
     from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
     dirs, _ = priors
-    cfg, task, model, criterion = _in_process(tiny_data, dirs["k4"], "--d2gpo-alpha", "0")
+    cfg, task, model, criterion = _in_process(tiny_data, dirs["k4"], "--kd-alpha", "0")
     sample = utils.first_batch(task)
     baseline = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)
     model.train()
@@ -202,11 +202,11 @@ def test_student_trains_with_d2gpo(tiny_data, priors, tmp_path):
     # A trained fairseq checkpoint is an embedding source of fairseq-kd-build-prior.
     from fairseq_kd.cli import build_prior
 
-    args = build_prior.get_parser().parse_args([
+    args = build_prior.build_parser().parse_args([
         "--dict", os.path.join(tiny_data, "dict.tgt.txt"), "--checkpoint", str(save / "checkpoint_last.pt"),
         "--out", str(tmp_path / "prior"), "--topk", "3",
     ])
-    header = build_prior.main(args)
+    header = build_prior.run(args)
     emb = state["model"]["decoder.embed_tokens.weight"].float()
     assert header["embedding"]["dim"] == emb.size(1) and header["embedding"]["source"] == "fairseq_checkpoint"
     _, arrays = array_store.open_store(str(tmp_path / "prior"), prior.KIND)

@@ -8,6 +8,7 @@ import sacrebleu
 import torch
 
 import utils
+from fairseq_kd import generation
 from fairseq_kd.cli import distill_corpus
 
 LONG = 1100  # source tokens: more than the teacher's 1024 max positions
@@ -76,7 +77,7 @@ def test_language_suffixes_and_plain_training_on_the_output(tiny_data, tiny_teac
     """The target file holds target words (bN), the source file source words (aN),
     and the directory trains with --task translation, validating on the copied gold split."""
     out = tmp_path / "distilled"
-    distill_corpus.distill(distill_corpus.build_parser().parse_args([  # in-process: faster
+    distill_corpus.run(distill_corpus.build_parser().parse_args([  # in-process: faster
         tiny_data, "--path", tiny_teacher, "--out", str(out), "--cpu", "--beam", "2", "--subset", "valid",
         "--copy-splits", "train", "test"]))
     for name in ("valid.src-tgt.src", "valid.src-tgt.tgt", "train.src-tgt.tgt", "test.src-tgt.src"):
@@ -103,15 +104,15 @@ def test_seq_inter_selection_on_a_hand_built_kbest_list():
         "a man rides a red bike down the hill",  # the reference itself: BLEU 100
         "a man rides a red bike down a hill",
     ]
-    best, scores = distill_corpus.select_seq_inter(kbest, reference)
+    best, scores = generation.select_seq_inter(kbest, reference)
     assert best == 1 and scores[1] == pytest.approx(100.0)
     assert scores == [sacrebleu.sentence_bleu(h, [reference]).score for h in kbest]
     assert scores[2] > scores[0]
     # Ties go to the hypothesis with the better model score (the earlier one).
-    assert distill_corpus.select_seq_inter(["x y", "x y"], "x y z")[0] == 0
-    assert distill_corpus.select_seq_inter(["q", "x y z w", "x y z"], "x y z")[0] == 2
+    assert generation.select_seq_inter(["x y", "x y"], "x y z")[0] == 0
+    assert generation.select_seq_inter(["q", "x y z w", "x y z"], "x y z")[0] == 2
     with pytest.raises(ValueError):
-        distill_corpus.select_seq_inter([], reference)
+        generation.select_seq_inter([], reference)
 
 
 def test_seq_inter_never_lowers_sentence_bleu(tiny_data, tiny_teacher, tiny_teacher2, tmp_path):
@@ -119,11 +120,11 @@ def test_seq_inter_never_lowers_sentence_bleu(tiny_data, tiny_teacher, tiny_teac
     ensemble = f"{tiny_teacher}:{tiny_teacher2}"
     common = [tiny_data, "--path", ensemble, "--subset", "valid", "--beam", "3", "--cpu", "--copy-splits"]
     parse = distill_corpus.build_parser().parse_args
-    distill_corpus.distill(parse(common + ["--out", str(tmp_path / "top")]))  # in-process: faster
-    distill_corpus.distill(parse(common + ["--out", str(tmp_path / "inter"), "--nbest", "3", "--select", "seq-inter"]))
+    distill_corpus.run(parse(common + ["--out", str(tmp_path / "top")]))  # in-process: faster
+    distill_corpus.run(parse(common + ["--out", str(tmp_path / "inter"), "--nbest", "3", "--select", "seq-inter"]))
     top, inter = _read(tmp_path / "top" / "valid.tgt"), _read(tmp_path / "inter" / "valid.tgt")
     gold = _read(tmp_path / "top" / "valid.tgt.gold")
-    bleu = distill_corpus.sentence_bleu_scorer()
+    bleu = generation.sentence_bleu_scorer()
     assert len(top) == len(inter) == len(gold) == 30
     assert all(bleu(i, g) >= bleu(t, g) for t, i, g in zip(top, inter, gold))
     s_top = json.load(open(tmp_path / "top" / "distill.valid.json"))
@@ -148,7 +149,7 @@ def test_empty_hypotheses_keep_their_reference(tiny_data, tiny_teacher, tmp_path
     out = tmp_path / "distilled"
     args = distill_corpus.build_parser().parse_args(
         [tiny_data, "--path", tiny_teacher, "--out", str(out), "--subset", "valid", "--beam", "2", "--cpu"])
-    summary = distill_corpus.distill(args)
+    summary = distill_corpus.run(args)
     assert summary["kept_reference_ids"] == {"too_long": [], "empty": [0, 5]}
     hyps, gold = _read(out / "valid.tgt"), _read(out / "valid.tgt.gold")
     assert hyps[0] == gold[0] and hyps[5] == gold[5] and len(hyps) == 30

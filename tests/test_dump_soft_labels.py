@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import utils
-from fairseq_kd.cli.dump_soft_labels import load_teacher
 from fairseq_kd.data.array_store import StoreError
 from fairseq_kd.data.soft_labels import SoftLabelStore
 from fairseq_kd.tasks.conditional_mlm import num_passes, pass_mask
+from fairseq_kd.teacher import load_teacher
 
 K = 5
 
@@ -47,7 +47,8 @@ def test_every_entry_equals_a_direct_forward_with_that_slot_masked(setup, store3
         out = str(root / "store0")
         proc = dump(data_bin, teacher, out, passes=0)
     assert "dumped train: 120 sentences" in proc.stdout
-    model, task = load_teacher(teacher, data_bin)
+    loaded = load_teacher(teacher, data=data_bin)
+    model, task = loaded.models[0], loaded.task
     dataset = task.load_pair_dataset("train")
     store = SoftLabelStore(out)
     store.check(dataset, task.target_dictionary)

@@ -15,6 +15,7 @@ import utils
 from fairseq_kd.cli import dump_soft_labels, merge_shards
 from fairseq_kd.data.array_store import file_checksum
 from fairseq_kd.data.soft_labels import SoftLabelStore, joined_checksum
+from fairseq_kd.teacher import load_teacher
 
 ARRAYS = ("ids", "logits", "gold_logprob", "offsets")
 BATCHING = ("--max-tokens", "300", "--sort-window", "64")  # several sentences a forward, padded
@@ -23,9 +24,9 @@ T = 2.0  # the KD temperature of the loss tests (and the ensemble stores' dump t
 
 def _dump(data, path, out, *extra):
     """fairseq-kd-dump-soft-labels in this process (the same dump() the command runs)."""
-    args = dump_soft_labels.get_parser().parse_args([data, "--path", path, "--out", str(out), "--cpu", *BATCHING,
+    args = dump_soft_labels.build_parser().parse_args([data, "--path", path, "--out", str(out), "--cpu", *BATCHING,
                                                      *extra])
-    return dump_soft_labels.dump(args)
+    return dump_soft_labels.run(args)
 
 
 def _cli(argv):
@@ -50,7 +51,7 @@ def stores(tiny_data, tiny_teacher, tiny_teacher2, tmp_path_factory):
     ensemble of both at T with K = V and K = 8 (the last through the real command)."""
     root = tmp_path_factory.mktemp("at_stores")
     ensemble = f"{tiny_teacher}:{tiny_teacher2}"
-    _, teacher, task = dump_soft_labels.load_any_teacher(tiny_teacher, tiny_data)
+    task = load_teacher(tiny_teacher, data=tiny_data).task
     V = len(task.target_dictionary)
     _dump(tiny_data, tiny_teacher, root / "one_V", "--topk", str(V))
     _dump(tiny_data, tiny_teacher, root / "one_8", "--topk", "8")
@@ -73,7 +74,8 @@ def _direct(models, dataset, i):
 
 
 def test_every_row_equals_a_direct_teacher_forced_forward(stores, tiny_data, tiny_teacher):
-    kind, teacher, task = dump_soft_labels.load_any_teacher(tiny_teacher, tiny_data)
+    teacher = load_teacher(tiny_teacher, data=tiny_data)
+    kind, task = dump_soft_labels.teacher_kind(teacher), teacher.task
     assert kind == "translation" and len(teacher) == 1
     task.load_dataset("train")
     dataset = task.dataset("train")
@@ -106,7 +108,8 @@ def test_every_row_equals_a_direct_teacher_forced_forward(stores, tiny_data, tin
 
 
 def test_an_ensemble_stores_the_log_of_its_averaged_probabilities(stores, tiny_data):
-    _, teacher, task = dump_soft_labels.load_any_teacher(stores["ensemble"], tiny_data)
+    teacher = load_teacher(stores["ensemble"], data=tiny_data)
+    task = teacher.task
     assert len(teacher) == 2
     task.load_dataset("train")
     dataset = task.dataset("train")
@@ -189,7 +192,7 @@ def test_an_ensemble_store_refuses_another_kd_temperature(stores, tiny_data):
 def test_header_records_the_teacher(stores, tiny_teacher, tiny_teacher2):
     one, ens = _header(stores["one_8"]), _header(stores["ens_8"])
     sha1, sha2 = file_checksum(tiny_teacher), file_checksum(tiny_teacher2)
-    assert one["version"] == 3 and one["teacher_kind"] == ens["teacher_kind"] == "translation"
+    assert one["version"] == 4 and one["values"] == "topk" and one["teacher_kind"] == ens["teacher_kind"] == "translation"
     assert one["teacher_checksums"] == [sha1] and one["teacher_checksum"] == sha1
     assert one["temperature"] is None and one["passes"] is None and one["topk"] == 8
     assert ens["teacher_checksums"] == [sha1, sha2]

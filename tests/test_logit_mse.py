@@ -64,7 +64,7 @@ def test_criterion_sums_the_objective_and_logs_each_term():
     z_S = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
     z_T = torch.tensor([[2.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     model = FixedLogits(z_S).train()
-    criterion = LogitMSECriterion(None, ce_alpha=0.25)
+    criterion = LogitMSECriterion(None, kd_alpha=0.75)
     loss, sample_size, log = criterion(model, batch([1, -1, 0], z_T))
     expected, ce, mse = losses.logit_mse_objective(z_S, z_T, torch.tensor([1, -1, 0]), 0.25)
     assert loss.item() == pytest.approx(expected.sum().item())
@@ -108,24 +108,24 @@ def test_without_teacher_logits_validation_uses_gold_cross_entropy():
 def test_refuses_training_without_teacher_logits_and_bad_options():
     model = FixedLogits(torch.zeros(2, 2)).train()
     with pytest.raises(ValueError, match="--teacher-logits"):
-        LogitMSECriterion(None, ce_alpha=0.0)(model, batch([0, 1]))
-    # alpha = 1 needs no teacher: the BiLSTM baseline
-    LogitMSECriterion(None, ce_alpha=1.0)(model, batch([0, 1]))
+        LogitMSECriterion(None, kd_alpha=1.0)(model, batch([0, 1]))
+    # kd_alpha = 0 (the paper's alpha = 1) needs no teacher: the BiLSTM baseline
+    LogitMSECriterion(None, kd_alpha=0.0)(model, batch([0, 1]))
     with pytest.raises(ValueError, match="neither a gold label nor teacher logits"):
-        LogitMSECriterion(None, ce_alpha=1.0)(model, batch([0, -1]))
-    with pytest.raises(ValueError, match="--ce-alpha"):
-        LogitMSECriterion(None, ce_alpha=1.5)
+        LogitMSECriterion(None, kd_alpha=0.0)(model, batch([0, -1]))
+    with pytest.raises(ValueError, match="--kd-alpha"):
+        LogitMSECriterion(None, kd_alpha=1.5)
     with pytest.raises(ValueError, match="regression"):
         LogitMSECriterion(None, regression_target=True)
 
 
 def test_registered_and_parsed_by_fairseq(tmp_path):
-    """--criterion logit_mse --ce-alpha reaches the criterion through fairseq's parser."""
+    """--criterion logit_mse --kd-alpha reaches the criterion through fairseq's parser."""
     data = utils.preprocess_classification(utils.make_classification_task(str(tmp_path / "text"), n_train=20,
                                                                           n_valid=5), str(tmp_path / "bin"))
     _, task, model, criterion = utils.build_in_process([
         data, "--task", "sentence_prediction", "--num-classes", "2", *utils.TINY_BILSTM,
-        "--criterion", "logit_mse", "--ce-alpha", "0.3",
+        "--criterion", "logit_mse", "--kd-alpha", "0.7",
     ])
-    assert isinstance(criterion, LogitMSECriterion) and criterion.ce_alpha == 0.3
+    assert isinstance(criterion, LogitMSECriterion) and criterion.kd_alpha == 0.7
     assert "sentence_classification_head" in model.classification_heads

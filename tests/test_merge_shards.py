@@ -10,17 +10,19 @@ import pytest
 
 import utils
 from fairseq_kd.cli import distill_corpus, dump_soft_labels, merge_shards
+from fairseq_kd.data import parts as parts_layout
 from fairseq_kd.data import shards
+from fairseq_kd.teacher import load_teacher
 
 TIMING = ("sentences_per_second", "decode_seconds")
 
 
 def _distill(data, teacher, out, *extra):
-    """fairseq-kd-distill-corpus in this process (the same distill() the command runs)."""
+    """fairseq-kd-distill-corpus in this process (the same run() the command runs)."""
     args = distill_corpus.build_parser().parse_args(
         [data, "--path", teacher, "--out", str(out), "--cpu", "--beam", "3", "--nbest", "2",
          "--select", "seq-inter", "--max-tokens", "200", "--copy-splits", "valid", *extra])
-    return distill_corpus.distill(args)
+    return distill_corpus.run(args)
 
 
 def _files(folder):
@@ -41,8 +43,8 @@ def test_three_shards_merged_equal_one_process(runs, tiny_data):
     one, three = runs / "one", runs / "three"
     parts = sorted(os.listdir(three / "train.parts"))
     assert parts == [f"part-0000{i}-of-00003" for i in range(3)]
-    metas = [json.load(open(three / "train.parts" / p / "meta.json")) for p in parts]
-    ranges = [m["range"] for m in metas]
+    metas = [json.load(open(three / "train.parts" / p / "header.json")) for p in parts]
+    ranges = [m["sentence_range"] for m in metas]
     assert ranges[0][0] == 0 and ranges[-1][1] == 300 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     from fairseq.data import data_utils
 
@@ -84,8 +86,8 @@ def _merge_fails(out, *messages):
 def test_missing_overlapping_and_foreign_parts_are_named_and_nothing_is_written(
         runs, tiny_data, tiny_teacher, tiny_teacher2, tmp_path):
     parts = runs / "three" / "train.parts"
-    meta1 = json.load(open(parts / "part-00001-of-00003" / "meta.json"))
-    start, end = meta1["range"]
+    meta1 = json.load(open(parts / "part-00001-of-00003" / "header.json"))
+    start, end = meta1["sentence_range"]
 
     missing = _copy(runs / "three", tmp_path / "missing")
     shutil.rmtree(missing / "train.parts" / "part-00001-of-00003")
@@ -108,11 +110,13 @@ def test_missing_overlapping_and_foreign_parts_are_named_and_nothing_is_written(
 
 def test_a_rerun_shard_replaces_only_its_part(runs, tiny_data, tiny_teacher, tmp_path):
     out = _copy(runs / "three", tmp_path / "rerun")
-    before = {p: os.stat(out / "train.parts" / p / "meta.json").st_mtime_ns for p in os.listdir(out / "train.parts")}
-    os.makedirs(out / "train.parts" / ".part-00002-of-00003.tmp-99999")  # left by a killed run: ignored
+    before = {p: os.stat(out / "train.parts" / p / "header.json").st_mtime_ns for p in os.listdir(out / "train.parts")}
+    os.makedirs(out / "train.parts" / ".part-00002-of-00003.tmp")  # left by a killed run: started afresh
+    (out / "train.parts" / ".part-00002-of-00003.tmp" / "targets.bin").write_bytes(b"cut")
     _distill(tiny_data, tiny_teacher, out, "--num-shards", "3", "--shard-id", "2")
-    after = {p: os.stat(out / "train.parts" / p / "meta.json").st_mtime_ns
-             for p in os.listdir(out / "train.parts") if not p.startswith(".")}
+    after = {p: os.stat(out / "train.parts" / p / "header.json").st_mtime_ns
+             for p in os.listdir(out / "train.parts")}
+    assert sorted(after) == sorted(before)  # the work folder is gone
     assert after["part-00000-of-00003"] == before["part-00000-of-00003"]
     assert after["part-00001-of-00003"] == before["part-00001-of-00003"]
     assert after["part-00002-of-00003"] != before["part-00002-of-00003"]
@@ -125,15 +129,18 @@ def test_shard_comes_from_torchrun_or_slurm_environment(runs, tiny_data, tiny_te
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    meta = _distill(tiny_data, tiny_teacher, tmp_path / "env")
+    env = _distill(tiny_data, tiny_teacher, tmp_path / "env")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_NTASKS", "3")
     monkeypatch.setenv("SLURM_PROCID", "1")
-    meta_slurm = _distill(tiny_data, tiny_teacher, tmp_path / "slurm")
-    reference = json.load(open(runs / "three" / "train.parts" / "part-00001-of-00003" / "meta.json"))
-    for m in (meta, meta_slurm):
-        assert m["shard"] == [1, 3] and m["range"] == reference["range"] and m["rank"] == reference["rank"]
+    slurm = _distill(tiny_data, tiny_teacher, tmp_path / "slurm")
+    reference = json.load(open(runs / "three" / "train.parts" / "part-00001-of-00003" / "header.json"))
+    for summary in (env, slurm):  # the part it wrote
+        m = json.load(open(os.path.join(summary["path"], "header.json")))
+        assert (m["shard_id"], m["num_shards"]) == (1, 3) and m["sentence_range"] == reference["sentence_range"] \
+            and m["rank"] == reference["rank"]
+        assert (summary["shard_id"], summary["num_shards"], summary["range"]) == (1, 3, reference["sentence_range"])
     for out in ("env", "slurm"):
         assert (open(tmp_path / out / "train.parts" / "part-00001-of-00003" / "targets.bin", "rb").read()
                 == open(runs / "three" / "train.parts" / "part-00001-of-00003" / "targets.bin", "rb").read())
@@ -155,22 +162,25 @@ def test_torchrun_launches_one_shard_per_process(runs, tiny_data, tiny_teacher, 
 
 def test_check_parts_golden_messages():
     def part(i, n, r, teacher="t"):
-        return {"name": shards.part_name(shards.Shard(n, i, 0)), "shard": [i, n], "range": r,
-                "settings": {"teacher_sha256": [teacher], "K": 8}}
+        return {"name": parts_layout.part_name(n, i), "num_shards": n, "shard_id": i, "sentence_range": r,
+                "teacher_sha256": [teacher], "K": 8, "sentences": 10}
 
-    shards.check_parts([part(0, 2, [0, 4]), part(1, 2, [4, 10])], 10)  # a cover: no error
+    settings = ("teacher_sha256", "K", "sentences")
+    assert parts_layout.check_parts([part(0, 2, [0, 4]), part(1, 2, [4, 10])], settings) == {  # a cover: no error
+        "teacher_sha256": ["t"], "K": 8, "sentences": 10}
     with pytest.raises(ValueError) as e:
-        shards.check_parts([part(0, 3, [0, 4]), part(2, 3, [7, 10])], 10)
+        parts_layout.check_parts([part(0, 3, [0, 4]), part(2, 3, [7, 10])], settings)
     assert str(e.value) == ("missing part-00001-of-00003 (rerun those shards); "
                             "sentences 4..6 are in no part (missing shard before part-00002-of-00003)")
     with pytest.raises(ValueError) as e:
-        shards.check_parts([part(0, 2, [0, 4]), part(1, 2, [4, 10]), part(1, 3, [3, 10], teacher="u")], 10)
+        parts_layout.check_parts([part(0, 2, [0, 4]), part(1, 2, [4, 10]), part(1, 3, [3, 10], teacher="u")],
+                                 settings)
     message = str(e.value)
     assert "part-00001-of-00003 was made with other settings than the other parts " \
            "(teacher_sha256: ['u'] vs ['t'])" in message
     assert "part-00001-of-00003 [3, 10) overlaps part-00000-of-00002" in message
     with pytest.raises(ValueError, match="no parts found"):
-        shards.check_parts([], 10)
+        parts_layout.check_parts([], settings)
 
 
 # ------------------------------------------------------ soft-label stores
@@ -181,10 +191,10 @@ STORE_BATCHING = ("--max-tokens", "300", "--sort-window", "16")
 def _dump(bert, out, *extra, teacher=None):
     """fairseq-kd-dump-soft-labels in this process (the same dump() the command runs),
     batching several sentences a forward within blocks of 16 sentences."""
-    args = dump_soft_labels.get_parser().parse_args(
+    args = dump_soft_labels.build_parser().parse_args(
         [bert["bin"], "--path", teacher or bert["teacher"], "--out", str(out), "--cpu", "--topk", "4",
          "--passes", "3", *STORE_BATCHING, *extra])
-    return dump_soft_labels.dump(args)
+    return dump_soft_labels.run(args)
 
 
 def _arrays(path):
@@ -249,9 +259,7 @@ def test_store_shards_merged_equal_one_process(store_runs, tiny_bert):
         f"{n}.npy" for n in ARRAYS)])
     assert "teacher_quality" in _header(one)  # summed over the parts: equal to one process's (above)
     assert sorted(os.listdir(parts)) == names  # parts kept by default
-    from fairseq_kd.cli.dump_soft_labels import load_teacher
-
-    _, task = load_teacher(tiny_bert["teacher"], tiny_bert["bin"])
+    task = load_teacher(tiny_bert["teacher"], data=tiny_bert["bin"]).task
     SoftLabelStore(str(store_runs / "three")).check(task.load_pair_dataset("train"), task.target_dictionary)
 
 
@@ -389,7 +397,7 @@ def test_store_shard_comes_from_torchrun_or_slurm_environment(store_runs, tiny_b
 
 
 def test_store_shard_options_are_documented_and_checked(tiny_bert, tmp_path):
-    help_text = dump_soft_labels.get_parser().format_help()
+    help_text = dump_soft_labels.build_parser().format_help()
     assert "--num-shards" in help_text and "--shard-id" in help_text and "WORLD_SIZE" in help_text
     with pytest.raises(ValueError, match="--shard-id must be in"):
         _dump(tiny_bert, tmp_path / "bad", "--num-shards", "3", "--shard-id", "3")

@@ -14,11 +14,6 @@ from fairseq.data import Dictionary
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 
 
-@pytest.fixture(scope="module")
-def nat_data(tmp_path_factory):
-    return utils.make_nat_data(str(tmp_path_factory.mktemp("nat_word_kd")))
-
-
 # ---------------------------------------------------------------- task
 def test_teacher_net_input_drops_bos_and_moves_eos_to_the_front():
     from fairseq_kd.tasks.translation_lev_kd import teacher_net_input
@@ -96,20 +91,20 @@ def test_nat_position_j_reads_the_teachers_step_j_minus_1():
 
 
 # ---------------------------------------------------------------- criterion
-class _StubTask:
-    """What NatWordKDCriterion needs from its task, with a fixed teacher distribution."""
+def _stub_task(probs_T):
+    """A translation_lev_kd task (what NatWordKDCriterion needs) with a fixed teacher distribution."""
+    from fairseq_kd.tasks._kd_teacher import SoftTargets
+    from fairseq_kd.tasks.translation_lev_kd import TranslationLevKDConfig, TranslationLevKDTask
 
-    def __init__(self, probs_T):
-        self.target_dictionary = Dictionary()
-        self.teacher = object()
-        self.probs_T, self.mask = probs_T, None
+    class _StubTask(TranslationLevKDTask):
+        def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0):
+            self.mask = mask
+            return SoftTargets(self.probs_T, None, None)
 
-    def inject_noise(self, target):
-        return target
-
-    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0):
-        self.mask = mask
-        return self.probs_T, None, None
+    d = Dictionary()
+    task = _StubTask(TranslationLevKDConfig(), d, d)
+    task.teacher, task.probs_T, task.mask = object(), probs_T, None
+    return task
 
 
 def test_kd_term_golden_value_on_a_hand_built_batch():
@@ -117,7 +112,7 @@ def test_kd_term_golden_value_on_a_hand_built_batch():
 
     # teacher q at the two KD positions
     probs_T = torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]])
-    task = _StubTask(probs_T)
+    task = _stub_task(probs_T)
     criterion = NatWordKDCriterion(task, label_smoothing=0.0, kd_alpha=0.5)
     log2, log3 = math.log(2), math.log(3)
     out = torch.tensor([[

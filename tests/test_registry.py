@@ -21,18 +21,20 @@ print(json.dumps({"added": added, "owner": owner}))
 """
 
 
-def _registered_in_source():
-    """(kind, name) of every register_* call in the plugin's source."""
+def _registered_in_source(with_file=False):
+    """(kind, name) of every register_* call in the plugin's source; with ``with_file``,
+    (kind, name, the registering file's name without .py)."""
     found = set()
     for root, _, files in os.walk(utils.USER_DIR):
         for f in files:
             if not f.endswith(".py"):
                 continue
             src = open(os.path.join(root, f)).read()
+            where = (f[:-3],) if with_file else ()
             for kind, name in re.findall(r"register_(task|model|criterion)\(\s*\"([^\"]+)\"", src):
-                found.add((kind, name))
+                found.add((kind, name, *where))
             for name in re.findall(r"register_model_architecture\(\s*\"[^\"]+\"\s*,\s*\"([^\"]+)\"", src):
-                found.add(("arch", name))
+                found.add(("arch", name, *where))
     return found
 
 
@@ -50,6 +52,19 @@ def test_no_registered_name_shadows_fairseq():
         # a name that was not *added* by the plugin shadows one of fairseq's.
         assert name in result["added"][kind], f"{kind} {name!r} is already registered by fairseq"
         assert result["owner"][kind][name].startswith("fairseq_kd"), (kind, name)
+
+
+def test_file_name_is_the_registry_key():
+    """A task, model or criterion is registered by the file of its name; an architecture
+    (a preset) by the file whose name starts it (cmlm_kd.py registers cmlm_kd_*)."""
+    registered = _registered_in_source(with_file=True)
+    assert ("arch", "cmlm_kd_wmt_en_de", "cmlm_kd") in registered
+    assert ("arch", "levt_kd_iwslt_de_en", "levt_kd") in registered
+    for kind, name, stem in registered:
+        if kind == "arch":
+            assert name == stem or name.startswith(stem + "_"), f"--arch {name} is registered in {stem}.py"
+        else:
+            assert name == stem, f"{kind} {name!r} is registered in {stem}.py"
 
 
 def test_user_dir_of_the_installed_package_registers_the_same_names():

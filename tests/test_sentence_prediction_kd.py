@@ -78,7 +78,7 @@ def test_criterion_on_a_real_batch_equals_the_objective(data, tmp_path):
     rng = np.random.RandomState(0)
     logits = rng.randn(N_TRAIN + N_AUG, 2).astype(np.float32)
     store = write_store(str(tmp_path / "store"), data, "train_aug", logits)
-    _, task, model, criterion = build(data, store, ("--criterion", "logit_mse", "--ce-alpha", "0.4"))
+    _, task, model, criterion = build(data, store, ("--criterion", "logit_mse", "--kd-alpha", "0.6"))
     model.train()
     torch.manual_seed(0)
     sample = batches(task, "train_aug")[0]
@@ -138,7 +138,7 @@ def test_distills_through_fairseq_train(data, tmp_path):
     logs = utils.json_logs(proc.stdout + proc.stderr)
     train = [r for r in logs if "train_mse_loss" in r]
     assert len(train) >= 2 and float(train[-1]["train_mse_loss"]) < float(train[0]["train_mse_loss"])
-    assert float(train[-1]["train_loss"]) == pytest.approx(float(train[-1]["train_mse_loss"]))  # alpha = 0
+    assert float(train[-1]["train_loss"]) == pytest.approx(float(train[-1]["train_mse_loss"]))  # kd_alpha = 1
     valid = [r for r in logs if "valid_accuracy" in r]
     assert valid and "valid_mse_loss" not in valid[-1]  # validation: gold labels only
     assert "25 of 85 examples have no gold label" in proc.stdout + proc.stderr

@@ -30,6 +30,16 @@ def test_golden_small_case_and_more_shards_than_sentences():
         shards.shard_range([1, 2], 2, 2)
 
 
+def test_one_check_of_a_shard():
+    shards.check_shard(3, 2)
+    with pytest.raises(ValueError, match=r"^--shard-id must be in \[0, 3\), got 3$"):
+        shards.check_shard(3, 3)
+    with pytest.raises(ValueError, match=r"^--num-shards must be >= 1, got 0$"):
+        shards.check_shard(0, 0)
+    with pytest.raises(ValueError, match=r"^--num-shards must be >= 1, got 0$"):
+        shards.shard_bounds([1, 2], 0)
+
+
 def test_shard_from_env():
     assert shards.shard_from_env(env={}) == (1, 0, 0)
     assert shards.shard_from_env(env={"WORLD_SIZE": "4", "RANK": "5", "LOCAL_RANK": "1"}) == (4, 5, 1)
@@ -37,17 +47,6 @@ def test_shard_from_env():
     assert shards.shard_from_env(2, 1, env={"WORLD_SIZE": "8", "RANK": "3"}) == (2, 1, 0)
     with pytest.raises(ValueError, match="go together"):
         shards.shard_from_env(num_shards=2, env={})
-    assert shards.part_name(shards.Shard(4, 1, 0)) == "part-00001-of-00004"
-
-
-def test_check_cover_names_gaps_and_overlaps():
-    shards.check_cover([("a", 0, 5), ("b", 5, 9)], 9)
-    with pytest.raises(ValueError, match=r"sentences 5\.\.6 are in no part"):
-        shards.check_cover([("a", 0, 5), ("c", 7, 9)], 9)
-    with pytest.raises(ValueError, match=r"b \[4, 9\) overlaps a"):
-        shards.check_cover([("a", 0, 5), ("b", 4, 9)], 9)
-    with pytest.raises(ValueError, match=r"sentences 5\.\.8 are in no part \(missing shard after a\)"):
-        shards.check_cover([("a", 0, 5)], 9)
 
 
 def test_granularity_puts_boundaries_at_the_nearest_block():

@@ -40,6 +40,8 @@
 #   JOBS=2                          trainings run at once (threads: nproc / JOBS each)
 #   WORK=work_dirs/multi30k_study   CPU=--cpu (set CPU= for a GPU)
 #   STAGES="train eval report"      what to run (eval measures speed: run it on an idle machine)
+#   LATENCY_SENTENCES=100           test sentences decoded one at a time for latency (0: none, on a
+#                                   busy machine where the figure would mean nothing)
 # Every stage is skipped when its output exists, so a killed run resumes where it stopped and
 # each row can be run alone (MODELS=seq_kd trains the teacher and distills first if needed).
 set -euo pipefail
@@ -57,6 +59,7 @@ INTERP_GRID=${INTERP_GRID:-0.5}
 TEST_SETS=${TEST_SETS:-}
 JOBS=${JOBS:-2}
 STAGES=${STAGES:-train eval report}
+LATENCY_SENTENCES=${LATENCY_SENTENCES:-100}
 DATA=data-bin/multi30k_de_en
 TEXT=work_dirs/multi30k
 THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
@@ -66,7 +69,7 @@ START=$(date +%s)
 stamp() { echo "study [$(( $(date +%s) - START ))s]: $*"; }
 first_seed=${SEEDS%% *}
 
-bash examples/multi30k/prepare.sh "$DATA"
+WORK=$TEXT bash examples/multi30k/prepare.sh "$DATA"  # its text and BPE codes go to $TEXT, not the study's $WORK
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 200
@@ -197,12 +200,14 @@ fi
 # at batch 1 is measured on every test set, not on valid.
 evaluate() {
   local m=$1 tag=$2 setting=$3 data=${4:-$DATA} ref=${5:-$TEXT/raw/$2.en}
-  local out=$WORK/eval/$m.$tag.$setting subset=test lat=100 dec
+  local out=$WORK/eval/$m.$tag.$setting subset=test lat=$LATENCY_SENTENCES dec
   [ -f "$out/scores.json" ] && return
   [ "$tag" = valid ] && subset=valid lat=0
   case $setting in
     b*) dec=(--beam "${setting#b}" --max-len-a 1.2 --max-len-b 10) ;;
-    i*) dec=(--iter-decode-max-iter $(( ${setting#i} - 1 )) --iter-decode-force-max-iter --iter-decode-with-beam 3) ;;
+    # Mask-Predict: 3 length candidates; fairseq's Levenshtein model decodes one (it has no length beam)
+    i*) dec=(--iter-decode-max-iter $(( ${setting#i} - 1 )) --iter-decode-force-max-iter
+             --iter-decode-with-beam "$(case $m in levt*) echo 1 ;; *) echo 3 ;; esac)") ;;
   esac
   OMP_NUM_THREADS=$(nproc) fairseq-kd-evaluate "$data" --path "$WORK/$m/final.pt" --gen-subset "$subset" \
     --reference "$ref" --latency-sentences "$lat" --results-path "$out" $CPU "${dec[@]}" >> "$WORK/eval.log" 2>&1 \

@@ -1,4 +1,5 @@
-"""What every fairseq-kd-* command shares: start-up and errors, provenance, progress, logging."""
+"""What every fairseq-kd-* command shares: start-up and errors, device and precision, provenance,
+progress, logging."""
 import argparse
 import datetime
 import json
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Type
+
+from ..data.atomic import atomic_open
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,6 +96,44 @@ def add_shard_arguments(parser: argparse.ArgumentParser, balance: str, parts: st
                         "SLURM_PROCID under srun, else 0); the GPU is LOCAL_RANK / SLURM_LOCALID")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser, what: str = "the teacher") -> None:
+    """``--cpu``, ``--fp16``, ``--bf16`` of every command that runs a model; read them with
+    :func:`device_and_dtype`. ``what`` names the model in the help texts."""
+    group = parser.add_argument_group("device and precision")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is there")
+    half = group.add_mutually_exclusive_group()
+    half.add_argument("--fp16", action="store_true", help=f"run {what} in float16 (needs a GPU)")
+    half.add_argument("--bf16", action="store_true",
+                      help=f"run {what} in bfloat16 (needs a GPU that supports it: Ampere or newer)")
+
+
+def device_and_dtype(args: argparse.Namespace, local_rank: Optional[int] = None):
+    """``(torch.device, torch.dtype)`` from :func:`add_device_arguments`' options; the one policy:
+
+    a GPU when there is one and ``--cpu`` is not given, float32 unless ``--fp16``
+    (float16) or ``--bf16`` (bfloat16); half precision needs a GPU, so either
+    without one (or with ``--cpu``) is a user error (ValueError), as is ``--bf16``
+    on a GPU without bfloat16. ``local_rank`` (a shard's): use GPU
+    ``local_rank % device_count`` (one GPU per process of a node).
+    """
+    import torch
+
+    half = "--fp16" if args.fp16 else "--bf16" if args.bf16 else None
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    if half and not use_cuda:
+        why = "--cpu given" if args.cpu else "none found"
+        raise ValueError(f"{half} needs a GPU ({why}): remove {half} to run in float32 on the CPU")
+    if not use_cuda:
+        return torch.device("cpu"), torch.float32
+    if local_rank is not None:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    device = torch.device("cuda", torch.cuda.current_device())
+    if args.bf16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--bf16: this GPU ({torch.cuda.get_device_name(device)}) does not support bfloat16: "
+                         f"use --fp16")
+    return device, torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
+
+
 def git_revision() -> Optional[str]:
     """The checkout's commit (with '-dirty' when modified), or None outside git."""
     try:
@@ -127,7 +168,7 @@ def record_run(out_dir: str, args: Any, name: str = "command.json") -> str:
     """Write the provenance of this run next to what it writes."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         json.dump(provenance(args), f, indent=2, default=str)
     return path
 

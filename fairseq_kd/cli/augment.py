@@ -29,6 +29,7 @@ student learns them from the teacher's logits only).
 """
 import argparse
 import bisect
+import contextlib
 import logging
 import os
 import random
@@ -37,6 +38,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..data import bert_io
+from ..data.atomic import atomic_open
 from . import _common
 
 logger = logging.getLogger("fairseq_kd.cli.augment")
@@ -159,7 +162,7 @@ class AugmentConfig:
     p_ng: float = 0.25
     max_ngram: int = 5
     n_iter: int = 20
-    mask_token: str = "[MASK]"
+    mask_token: str = bert_io.MASK
     seed: int = 1
 
     def check(self) -> None:
@@ -261,7 +264,7 @@ class Augmenter:
 
 
 # ---------------------------------------------------------------------- CLI
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     d = AugmentConfig()
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-augment",
@@ -298,7 +301,8 @@ def read_lines(path: str, what: str = "input") -> List[str]:
         return [line.rstrip("\n") for line in f]
 
 
-def main(args) -> dict:
+def run(args) -> dict:
+    """Write the augmented transfer set at ``--out-prefix``; the summary counts examples."""
     cfg = AugmentConfig(args.p_mask, args.p_pos, args.p_ng, args.max_ngram, args.n_iter, args.mask_token, args.seed)
     cfg.check()
     keys = ["input0"] + (["input1"] if args.input1 else [])
@@ -341,11 +345,10 @@ def main(args) -> dict:
     outputs = {k: [r[0][j] for r in rows] for j, k in enumerate(keys)}
     if labels is not None:
         outputs["label"] = [r[1] for r in rows]
-    for key, lines in outputs.items():  # temporary names first: nothing half-written
-        with open(f"{args.out_prefix}.{key}.tmp", "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-    for key in outputs:
-        os.replace(f"{args.out_prefix}.{key}.tmp", f"{args.out_prefix}.{key}")
+    with contextlib.ExitStack() as stack:  # every file is whole, or none is replaced
+        for key, lines in outputs.items():
+            stack.enter_context(atomic_open(f"{args.out_prefix}.{key}", encoding="utf-8")).writelines(
+                line + "\n" for line in lines)
     _common.record_run(out_dir, args, name=os.path.basename(args.out_prefix) + ".command.json")
     summary = {
         "examples": n,
@@ -353,17 +356,18 @@ def main(args) -> dict:
         "dropped_duplicates": n * cfg.n_iter - n_new,
         "written": len(rows),
         "pos_source": tagger.name if tagger is not None else "none",
+        "outputs": list(outputs),
     }
-    print(
-        f"augmented {n} examples: {n_new} new ({summary['dropped_duplicates']} duplicates dropped), "
-        f"POS source {summary['pos_source']}; wrote {len(rows)} lines to {args.out_prefix}."
-        f"{{{','.join(outputs)}}}"
-    )
     return summary
 
 
 def cli_main(argv=None) -> None:
-    _common.run_command(get_parser(), main, argv)
+    args, summary = _common.run_command(build_parser(), run, argv)
+    print(
+        f"augment | {summary['examples']} examples: {summary['augmented']} new "
+        f"({summary['dropped_duplicates']} duplicates dropped), POS source {summary['pos_source']}; "
+        f"wrote {summary['written']} lines to {args.out_prefix}.{{{','.join(summary['outputs'])}}}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ WordPiece text, so that the teacher's soft labels are student ids:
 
 Tokenization uses the ``tokenizers`` library's BERT WordPiece pipeline with
 the teacher's ``vocab.txt``, lowercasing and stripping accents when the
-vocabulary is uncased (``do_lower_case`` in a ``tokenizer_config.json`` beside
-it, else no piece has an upper-case letter A-Z) unless
-``--lowercase`` says otherwise. ``--detokenize`` turns pieces back into text
-(``##`` pieces are glued to the previous one; ``--lang`` then applies Moses
-detokenization to punctuation), and ``--normalize`` applies only the
-vocabulary's normalization (for references scored against detokenized output).
+vocabulary is uncased (:func:`fairseq_kd.data.bert_io.is_uncased`:
+``do_lower_case`` in a ``tokenizer_config.json`` beside it, else no piece
+that lowercasing would change) unless ``--lowercase`` says otherwise.
+``--detokenize`` turns pieces back into text (``##`` pieces are glued to the
+previous one; ``--lang`` then applies Moses detokenization to punctuation), and
+``--normalize`` applies only the vocabulary's normalization (for references
+scored against detokenized output).
 
 A BERT classifier teacher (``--arch bert_classifier_base``) reads a dictionary
 of BERT's whole vocabulary instead, so that every piece keeps its embedding,
@@ -27,17 +28,24 @@ including pieces that only the test data holds:
 import argparse
 import gzip
 import io
+import logging
 import os
 import sys
 import time
 
+from ..data import bert_io
+from ..data.atomic import atomic_open
 from ._common import check_minimums, input_file, progress, record_run, run_command
+
+# Log records go to stdout (_common.setup_logging), which may be the output here: this
+# command logs nothing at INFO and prints its summary line on stderr.
+logger = logging.getLogger("fairseq_kd.cli.bert_tokenize")
 
 
 ENGLISH_CLITICS = {"s", "t", "re", "ve", "ll", "d", "m"}
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-bert-tokenize",
         description="Tokenize text into a BERT vocabulary's WordPiece pieces (space-separated), "
@@ -64,51 +72,12 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def vocab_file(path: str) -> str:
-    """The vocab.txt that ``path`` (the file, or the BERT directory holding it) names;
-    FileNotFoundError / ValueError when it is missing or holds no [UNK] piece."""
-    file = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"BERT vocabulary not found: {file}")
-    with open(file, encoding="utf-8") as f:
-        if not any(line.strip() == "[UNK]" for line in f):  # the tokenizer maps unknown words to it
-            what = "is empty" if os.path.getsize(file) == 0 else "has no [UNK] piece"
-            raise ValueError(f"BERT vocabulary {file} {what}: --vocab takes a BERT checkpoint's vocab.txt "
-                             "(or its directory)")
-    return file
-
-
-def is_uncased(file: str) -> bool:
-    """``do_lower_case`` of a ``tokenizer_config.json`` beside the vocabulary when
-    there is one, else True when no piece outside [SPECIALS] holds an ASCII
-    upper-case letter (uncased vocabularies keep a few symbols such as U+211D)."""
-    config = os.path.join(os.path.dirname(file), "tokenizer_config.json")
-    if os.path.isfile(config):
-        import json
-
-        with open(config, encoding="utf-8") as f:
-            try:
-                lower = json.load(f).get("do_lower_case")
-            except ValueError:
-                lower = None
-        if isinstance(lower, bool):
-            return lower
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            piece = line.strip()
-            if piece.startswith("[") and piece.endswith("]"):
-                continue
-            if any("A" <= c <= "Z" for c in piece):
-                return False
-    return True
-
-
 def build_tokenizer(vocab: str, lowercase: str = "auto"):
     """A ``tokenizers`` BertWordPieceTokenizer on ``vocab`` and whether it lowercases."""
     from tokenizers import BertWordPieceTokenizer
 
-    file = vocab_file(vocab)
-    lower = is_uncased(file) if lowercase == "auto" else lowercase == "yes"
+    file = bert_io.vocab_file(vocab)
+    lower = bert_io.is_uncased(file) if lowercase == "auto" else lowercase == "yes"
     return BertWordPieceTokenizer(file, lowercase=lower, strip_accents=lower), lower
 
 
@@ -138,17 +107,14 @@ def detokenize_line(line: str, detokenizer=None) -> str:
     return detokenizer.detokenize(words)
 
 
-# BERT pieces that fairseq's own specials stand for (see models/bert_teacher.py).
-BERT_SPECIALS_AS_FAIRSEQ = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
-FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-
-
 def write_dictionary(vocab: str, out: str) -> int:
     """Write ``vocab``'s pieces as a fairseq dict.txt (``piece 1`` a line, vocab.txt
     order, duplicates and pieces that fairseq reserves left out). Returns the
     number of symbols written."""
-    file = vocab_file(vocab)
-    seen = set(BERT_SPECIALS_AS_FAIRSEQ + FAIRSEQ_SPECIALS)
+    file = bert_io.vocab_file(vocab)
+    # fairseq's <s> <pad> </s> <unk> and the BERT pieces they stand for ([MASK] is an ordinary symbol here)
+    fairseq_specials = {s: p for s, p in bert_io.FAIRSEQ_TO_BERT_SPECIALS.items() if s != "<mask>"}
+    seen = set(fairseq_specials) | set(fairseq_specials.values())
     symbols = []
     with open(file, encoding="utf-8") as f:
         for line in f:
@@ -158,7 +124,7 @@ def write_dictionary(vocab: str, out: str) -> int:
             seen.add(piece)
             symbols.append(piece)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_open(out, encoding="utf-8") as f:
         f.writelines(f"{s} 1\n" for s in symbols)
     return len(symbols)
 
@@ -179,7 +145,11 @@ def _read_lines(path: str):
         return strip(f)
 
 
-def convert(args) -> dict:
+def run(args) -> dict:
+    """Convert ``args.input`` (and/or write ``--dict-out``); the summary: ``lines``,
+    ``pieces``, ``lowercase``, ``mode``, ``dictionary`` (symbols written, or None),
+    ``seconds``."""
+    start = time.time()
     check_minimums(args, {"batch_lines": 1})
     if args.input is None and not args.dict_out:
         if sys.stdin.isatty():  # a forgotten file name, not text typed in: say so rather than wait
@@ -188,19 +158,21 @@ def convert(args) -> dict:
     # Vocabulary and input are read and checked before anything is written.
     tokenizer, lower = build_tokenizer(args.vocab, args.lowercase) if args.input is not None else (None, None)
     lines = _read_lines(args.input) if args.input is not None else None
+    mode = "detokenized" if args.detokenize else "normalized" if args.normalize else "tokenized"
+    summary = {"lines": 0, "pieces": 0, "lowercase": lower, "mode": mode, "dictionary": None}
     if args.dict_out:
-        n = write_dictionary(args.vocab, args.dict_out)
-        print(f"wrote a fairseq dictionary of {n} pieces: {args.dict_out}", file=sys.stderr)
+        summary["dictionary"] = write_dictionary(args.vocab, args.dict_out)  # told by the summary line
     if lines is None:
-        return {"lines": 0, "pieces": 0, "lowercase": None}
+        summary["seconds"] = time.time() - start
+        return summary
     detokenizer = None
     if args.detokenize and args.lang:
         from sacremoses import MosesDetokenizer
 
         detokenizer = MosesDetokenizer(lang=args.lang)
     out, pieces = [], 0
-    for start in progress(range(0, len(lines), args.batch_lines), desc="tokenize", unit="batch"):
-        chunk = lines[start : start + args.batch_lines]
+    for begin in progress(range(0, len(lines), args.batch_lines), desc="tokenize", unit="batch"):
+        chunk = lines[begin : begin + args.batch_lines]
         if args.detokenize:
             out.extend(detokenize_line(line, detokenizer) for line in chunk)
         elif args.normalize:
@@ -214,28 +186,29 @@ def convert(args) -> dict:
         sys.stdout.write(text)
     else:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(args.output, encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, args.output)
         record_run(os.path.dirname(os.path.abspath(args.output)), args,
                    name=os.path.basename(args.output) + ".command.json")
-    return {"lines": len(lines), "pieces": pieces, "lowercase": lower}
+    summary.update(lines=len(lines), pieces=pieces, seconds=time.time() - start)
+    return summary
+
+
+def summary_line(args, summary: dict) -> str:
+    parts = []
+    if args.input is not None:
+        extra = f", {summary['pieces']} pieces" if summary["pieces"] else ""
+        parts.append(f"{summary['mode']} {summary['lines']} lines{extra} (lowercase={summary['lowercase']}) "
+                     f"in {summary['seconds']:.1f}s: {args.input} -> {args.output}")
+    if summary["dictionary"] is not None:
+        parts.append(f"wrote a fairseq dictionary of {summary['dictionary']} pieces: {args.dict_out}")
+    return "bert-tokenize | " + " | ".join(parts)
 
 
 def cli_main(argv=None) -> None:
-    start = time.time()
     # OSError: an unreadable input or unwritable output, named by the error
-    args, summary = run_command(get_parser(), convert, argv, errors=(OSError, ValueError))
-    if args.input is None:
-        return
-    mode = "detokenized" if args.detokenize else "normalized" if args.normalize else "tokenized"
-    extra = f", {summary['pieces']} pieces" if summary["pieces"] else ""
-    print(  # on stderr: stdout may be the output
-        f"{mode} {summary['lines']} lines{extra} (lowercase={summary['lowercase']}) in "
-        f"{time.time() - start:.1f}s: {args.input} -> {args.output}",
-        file=sys.stderr,
-    )
+    args, summary = run_command(build_parser(), run, argv, errors=(OSError, ValueError))
+    print(summary_line(args, summary), file=sys.stderr)  # on stderr: stdout may be the output
 
 
 if __name__ == "__main__":

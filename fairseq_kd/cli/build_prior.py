@@ -12,8 +12,9 @@ Embedding sources (exactly one):
   ``count dim`` first line, then ``word v1 ... vd``), e.g. fastText trained on
   the BPE-segmented training targets as in the paper;
 - ``--checkpoint FILE``: a trained fairseq model's ``decoder.embed_tokens``;
-- ``--bert DIR``: a BERT checkpoint directory (``model.safetensors`` +
-  ``vocab.txt``): each dictionary word (its BPE marker ``@@`` or leading
+- ``--bert DIR``: a BERT checkpoint directory (``vocab.txt`` and
+  ``model.safetensors`` or ``pytorch_model.bin``, read by
+  :mod:`fairseq_kd.data.bert_io`): each dictionary word (its BPE marker ``@@`` or leading
   ``\u2581`` removed) is WordPiece-tokenized and gets the mean of its pieces'
   input embeddings (a BPE continuation piece is looked up as a word start:
   a fairseq dictionary does not mark continuations).
@@ -26,20 +27,19 @@ their count); so do the special symbols.
 """
 import argparse
 import hashlib
-import json
 import logging
 import os
 
 import numpy as np
 import torch
 
-from fairseq_kd.cli._common import check_minimums, input_file, progress, record_run, run_command
-from fairseq_kd.data import array_store, prior
+from ..data import array_store, bert_io, prior, word_vectors
+from ._common import check_minimums, input_file, progress, record_run, run_command
 
-logger = logging.getLogger("fairseq_kd.build_prior")
+logger = logging.getLogger("fairseq_kd.cli.build_prior")
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-build-prior",
         description="Build the D2GPo prior (top-k nearest words, Gaussian weights by rank) "
@@ -49,7 +49,8 @@ def get_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--word-vectors", metavar="FILE", help="word vectors in word2vec/fastText text format")
     source.add_argument("--checkpoint", metavar="FILE", help="a fairseq checkpoint: its decoder input embeddings")
-    source.add_argument("--bert", metavar="DIR", help="a BERT directory: model.safetensors and vocab.txt")
+    source.add_argument("--bert", metavar="DIR",
+                        help="a BERT directory: vocab.txt and model.safetensors (or pytorch_model.bin)")
     parser.add_argument("--out", required=True, help="directory of the prior store to write")
     parser.add_argument("--topk", type=int, default=256, help="candidates kept per word, the word itself included")
     parser.add_argument("--sigma", type=float, default=1.0,
@@ -71,32 +72,8 @@ def _sha256(paths) -> str:
 
 def word_vector_embeddings(path: str, dictionary):
     """(V x d embeddings, V booleans: found) from a word2vec/fastText text file."""
-    index = {symbol: i for i, symbol in enumerate(dictionary.symbols)}
-    rows, dim = {}, None
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
-            if line_no == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                continue  # "count dim" header
-            if len(parts) < 2:
-                raise ValueError(f"{path}:{line_no}: expected 'word v1 ... vd', got {line[:60]!r}")
-            if dim is None:
-                dim = len(parts) - 1
-            elif len(parts) - 1 != dim:
-                raise ValueError(f"{path}:{line_no}: {len(parts) - 1} values, earlier lines have {dim}")
-            i = index.get(parts[0])
-            if i is not None and i not in rows:
-                try:
-                    rows[i] = np.asarray(parts[1:], dtype=np.float32)
-                except ValueError:
-                    raise ValueError(f"{path}:{line_no}: non-numeric vector for {parts[0]!r}") from None
-    if dim is None:
-        raise ValueError(f"{path}: no word vectors found")
-    emb = np.zeros((len(dictionary), dim), dtype=np.float32)
-    found = np.zeros(len(dictionary), dtype=bool)
-    for i, vec in rows.items():
-        emb[i], found[i] = vec, True
-    return torch.from_numpy(emb), found
+    emb, found, _ = word_vectors.read_word_vectors(path, dictionary.symbols)
+    return emb, found
 
 
 def checkpoint_embeddings(path: str, dictionary):
@@ -120,21 +97,15 @@ def checkpoint_embeddings(path: str, dictionary):
 
 def bert_embeddings(path: str, dictionary):
     """(V x d embeddings, V booleans: found) from a BERT directory's WordPiece embeddings."""
-    from safetensors import safe_open
     from tokenizers import BertWordPieceTokenizer
 
-    weights, vocab = os.path.join(path, "model.safetensors"), os.path.join(path, "vocab.txt")
-    for file in (weights, vocab):
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"--bert {path}: {os.path.basename(file)} not found")
-    with safe_open(weights, "pt") as f:
-        keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
-        if not keys:
-            raise ValueError(f"{weights} has no embeddings.word_embeddings.weight")
-        table = f.get_tensor(keys[0]).float()  # W x d
-    lowercase = _bert_is_uncased(path, vocab)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--bert {path} is not a directory: give a BERT checkpoint directory")
+    vocab = bert_io.vocab_file(path)
+    table = bert_io.read_word_embeddings(path)[0].float()  # W x d
+    lowercase = bert_io.is_uncased(vocab)
     tokenizer = BertWordPieceTokenizer(vocab, lowercase=lowercase)
-    unk = tokenizer.token_to_id("[UNK]")
+    unk = tokenizer.token_to_id(bert_io.UNK)
     emb = torch.zeros(len(dictionary), table.size(1))
     found = np.zeros(len(dictionary), dtype=bool)
     for i, symbol in enumerate(dictionary.symbols):
@@ -148,18 +119,8 @@ def bert_embeddings(path: str, dictionary):
     return emb, found
 
 
-def _bert_is_uncased(path: str, vocab: str) -> bool:
-    config = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(config):
-        with open(config) as f:
-            lower = json.load(f).get("do_lower_case")
-        if lower is not None:
-            return bool(lower)
-    with open(vocab, encoding="utf-8") as f:
-        return not any(c.isupper() for line in f if not line.startswith("[") for c in line)
-
-
-def main(args) -> dict:
+def run(args) -> dict:
+    """Build the prior store at ``args.out``; the summary is its header."""
     from fairseq.data import Dictionary
 
     check_minimums(args, {"topk": 1, "block_size": 1})
@@ -175,8 +136,8 @@ def main(args) -> dict:
         source, files = "fairseq_checkpoint", [args.checkpoint]
         emb, found = checkpoint_embeddings(args.checkpoint, dictionary)
     else:
-        source, files = "bert", [os.path.join(args.bert, "model.safetensors"), os.path.join(args.bert, "vocab.txt")]
         emb, found = bert_embeddings(args.bert, dictionary)
+        source, files = "bert", [bert_io.weights_file(args.bert), bert_io.vocab_file(args.bert)]
 
     special = prior.special_symbols(dictionary)
     missing = np.flatnonzero(~found & ~special)
@@ -205,7 +166,7 @@ def main(args) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    args, header = run_command(get_parser(), main, argv)  # StoreError and CheckpointError are ValueErrors
+    args, header = run_command(build_parser(), run, argv)  # StoreError and CheckpointError are ValueErrors
     size = sum(os.path.getsize(os.path.join(args.out, f"{n}.npy")) for n in ("ids", "weights"))
     print(
         f"build-prior: {header['vocab_size']} words, k={header['k']}, sigma={header['sigma']}, "

@@ -35,12 +35,16 @@ BENCHMARKS.md section 6).
 """
 import argparse
 import json
+import logging
 import math
 import os
 import time
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..data import alignment
+from ..data.atomic import atomic_open
+
+logger = logging.getLogger("fairseq_kd.cli.data_stats")
 
 Counts = Dict[str, Dict[str, int]]
 
@@ -190,8 +194,9 @@ def _languages(meta_path: str):
     return meta["source_lang"], meta["target_lang"]
 
 
-def compute(args) -> dict:
-    from ._common import check_minimums, progress
+def run(args) -> dict:
+    """Measure the corpora of ``args`` (and write ``--out``); the summary is the measures."""
+    from ._common import check_minimums, progress, record_run
 
     check_minimums(args, {"chunk_rows": 1, "iterations": 1, "max_sentences": 0})
     source_file, real_file, distilled_file = resolve_files(args)
@@ -219,6 +224,13 @@ def compute(args) -> dict:
         result["faithfulness"] = faithfulness(counts["real"], counts["distilled"], args.smoothing, args.average)
         result["smoothing"] = args.smoothing
     result["seconds"] = time.time() - start
+    if args.out:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic_open(args.out) as f:
+            json.dump(result, f, indent=2)
+        record_run(out_dir, args, name=os.path.basename(args.out) + ".command.json")
+        logger.info(f"wrote {args.out}")
     return result
 
 
@@ -253,17 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    from ._common import record_run, run_command
+    from ._common import run_command
 
-    args, result = run_command(build_parser(), compute, argv)
-    if args.out:
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.out)
-        record_run(out_dir, args, name=os.path.basename(args.out) + ".command.json")
+    args, result = run_command(build_parser(), run, argv)
     line = f"data-stats | {result['real']['sentences']} sentences | C(real) {result['real']['complexity']:.4f}"
     if "distilled" in result:
         line += f" | C(distilled) {result['distilled']['complexity']:.4f} | F(distilled) {result['faithfulness']:.4f}"

@@ -48,32 +48,18 @@ def get_parser() -> argparse.ArgumentParser:
         help="name of the teacher's classification head",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
-    parser.add_argument("--fp16", action="store_true", help="run the teacher in half precision (GPU)")
+    _common.add_device_arguments(parser)
     return parser
 
 
-def load_teacher(path: str, data: str, head: str, device: torch.device, fp16: bool):
-    """(model, task) of a classifier checkpoint, its task reading ``data``."""
-    import fairseq_kd  # noqa: F401  (registers the plugin's models and tasks)
-    from fairseq import checkpoint_utils
-
-    from .. import checkpoint
-
-    state = checkpoint.load_fairseq_state(path, {"data": data}, what="teacher checkpoint")
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data},
-                                                                       state=state)
-    model = models[0]
+def check_classification_head(model, path: str, head: str) -> None:
+    """Refuse a model without the classification head ``head``."""
     heads = getattr(model, "classification_heads", None)
     if heads is None or head not in heads:
         raise ValueError(
             f"{path}: the model has no classification head {head!r} "
             f"(heads: {sorted(heads) if heads is not None else 'none'}); is it a sentence_prediction checkpoint?"
         )
-    model.eval().requires_grad_(False).to(device)
-    if fp16:
-        model.half()
-    return model, task
 
 
 def length_sorted_batches(dataset, batch_size: int, max_positions) -> list:
@@ -97,10 +83,16 @@ def main(args) -> dict:
 
     from ..data import array_store, logits_store
 
+    from ..teacher import load_teacher, split_paths
+
     _common.check_minimums(args, {"batch_size": 1})
+    if len(split_paths(args.path)) > 1:
+        raise ValueError(f"--path {args.path}: dump-logits runs one classifier; give one checkpoint")
     align = args.align_with or args.data
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    model, task = load_teacher(args.path, args.data, args.classification_head_name, device, args.fp16)
+    device, dtype = _common.device_and_dtype(args)
+    teacher = load_teacher(args.path, data=args.data, device=device, dtype=dtype)
+    model, task = teacher.models[0], teacher.task
+    check_classification_head(model, args.path, args.classification_head_name)
     num_classes = int(task.cfg.num_classes)
     if getattr(task.cfg, "regression_target", False):
         raise ValueError(f"{args.path} is a regression model; logits are for classification")

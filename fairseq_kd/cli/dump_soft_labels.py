@@ -26,9 +26,19 @@ Two kinds of teacher, told apart by the task their checkpoint was trained with
   store (a single model's store has ``temperature: null``: any T is exact).
   ``--passes`` does not apply (``passes: null`` in the header).
 
+``--store sampled --samples S`` (either kind of teacher) stores, instead of
+the top K, S words drawn with replacement from the teacher's distribution at
+``--temperature T`` (default 1; recorded in the header) with their weights
+count / S as T log(count / S): an unbiased sparse teacher (Anshumann et al.
+2025, "Sparse Logit Sampling"; :func:`fairseq_kd.losses.sampled_soft_targets`)
+where top-K is biased. The student must train with ``--kd-temperature T``.
+The draws are seeded per batch from ``--seed`` and the batch's first sentence,
+so a resumed or sharded dump draws what one process draws.
+
     fairseq-kd-dump-soft-labels DATA --path teacher/checkpoint_best.pt \\
         --subset train --topk 8 --passes 7 --out soft_labels         # C-MLM
     fairseq-kd-dump-soft-labels DATA --path at1.pt:at2.pt --subset train --topk 8 --out soft_labels
+    fairseq-kd-dump-soft-labels DATA --path at.pt --subset train --store sampled --samples 12 --out sampled
 
 The output is a soft-label store (:mod:`fairseq_kd.data.soft_labels`) aligned
 with DATA's binarized target split, the one ``fairseq-train DATA --task
@@ -40,8 +50,9 @@ Sharding: with ``--num-shards N --shard-id I`` (or under ``torchrun`` /
 ``srun``, from RANK / WORLD_SIZE or SLURM_PROCID / SLURM_NTASKS, the GPU from
 LOCAL_RANK / SLURM_LOCALID) a process dumps only shard I: a contiguous range of
 sentences balanced by source + target tokens (:mod:`fairseq_kd.data.shards`).
-It writes a finished store of that range, ``OUT.parts/part-0000I-of-0000N/``
-(its range and shard in ``header.json``), first in
+It writes a finished store of that range as the part
+``OUT.parts/part-0000I-of-0000N/`` (its range and shard in ``header.json``; the
+layout of every part: :mod:`fairseq_kd.data.parts`), first in
 ``OUT.parts/.part-0000I-of-0000N.tmp/``, where a killed shard resumes when
 rerun, then renamed into place (replacing an older part of that shard; the
 others are kept). ``fairseq-kd-merge-shards OUT`` checks that the parts cover
@@ -70,12 +81,12 @@ import time
 import numpy as np
 import torch
 
-from ._common import add_shard_arguments, progress, record_run, run_command
+from ._common import add_device_arguments, add_shard_arguments, device_and_dtype, progress, record_run, run_command
 
-logger = logging.getLogger("fairseq_kd.dump_soft_labels")
+logger = logging.getLogger("fairseq_kd.cli.dump_soft_labels")
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-dump-soft-labels",
         description="Dump a teacher's top-K soft labels for every target token (EOS included) of a "
@@ -90,16 +101,23 @@ def get_parser() -> argparse.ArgumentParser:
                         "translation checkpoint(s) (--task translation / translation_kd), colon-separated for "
                         "an ensemble a.pt:b.pt (probabilities averaged)")
     parser.add_argument("--subset", default="train", help="split to dump (default: train)")
-    parser.add_argument("--topk", type=int, default=8, help="logits kept per target token (default: 8)")
+    parser.add_argument("--topk", type=int, default=None, help="--store topk: logits kept per target token (default: 8)")
+    parser.add_argument("--store", choices=("topk", "sampled"), default="topk",
+                        help="topk: the K most probable words (biased: the student learns the teacher renormalized "
+                        "over K); sampled: --samples words drawn from the teacher at --temperature, weighted by "
+                        "count (an unbiased estimate of full-vocabulary KD; Anshumann et al. 2025) (default: topk)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="--store sampled: draws per target token, with replacement (default: 12)")
+    parser.add_argument("--seed", type=int, default=1, help="--store sampled: seed of the draws (default: 1)")
     parser.add_argument("--passes", type=int, default=None,
                         help="conditional_mlm teacher: masked copies per sentence: pass p masks slots p, p+P, "
                              "...; 0 = one slot per pass (exact, slowest) (default: 7). Not for a translation "
                              "teacher (one teacher-forced row per sentence)")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="ensemble of translation teachers: average the models' probabilities at this "
-                        "temperature and store T log q of the average; the student must then use "
-                        "--kd-temperature T (default: 1). A single model stores raw logits, exact at any "
-                        "--kd-temperature, and takes no --temperature")
+                        help="ensemble of translation teachers, or --store sampled: the teacher's distribution "
+                        "(an ensemble's average) at this temperature, stored as T log q; the student must then "
+                        "use --kd-temperature T (default: 1). A single model's top K is stored as raw logits, "
+                        "exact at any --kd-temperature, and takes no --temperature")
     parser.add_argument("--out", required=True, help="output directory of the store")
     parser.add_argument("--max-tokens", type=int, default=8192,
                         help="tokens per forward, padding included: all masked copies of [CLS] src tgt "
@@ -110,10 +128,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "bit-identical to one process's (default: 1000)")
     parser.add_argument("--source-lang", default=None, help="source language (default: inferred from DATA)")
     parser.add_argument("--target-lang", default=None, help="target language (default: inferred from DATA)")
-    precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="run the teacher in float16 (GPU)")
-    precision.add_argument("--bf16", action="store_true", help="run the teacher in bfloat16")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    add_device_arguments(parser)
     add_shard_arguments(parser, "source + target tokens", "OUT.parts/")
     return parser
 
@@ -121,100 +136,32 @@ def get_parser() -> argparse.ArgumentParser:
 CMLM, TRANSLATION = "conditional_mlm", "translation"  # the header's teacher_kind
 
 
-def load_teacher(path, data, source_lang=None, target_lang=None):
-    """(model, task) of a conditional_mlm checkpoint, its task reading ``data``."""
-    import fairseq_kd  # noqa: F401  (registers the task and model; safe checkpoint loading)
-    from fairseq import checkpoint_utils
-
-    _check_inputs([path], data)
-    return _load_cmlm(path, checkpoint_utils.load_checkpoint_to_cpu(path), data, source_lang, target_lang)
-
-
-def _check_inputs(files, data):
-    from ..teacher import check_files_exist
-
-    if not files:
-        raise ValueError("--path is empty")
-    check_files_exist(files)
-    if not os.path.isdir(data):
-        raise FileNotFoundError(f"data directory not found: {data}")
-
-
-def _task_config(state, data, source_lang, target_lang):
-    """The checkpoint's task config pointed at ``data``."""
-    from omegaconf import open_dict
-
-    task_cfg = state["cfg"].task.copy()
-    with open_dict(task_cfg):
-        task_cfg.data = data
-        if source_lang:
-            task_cfg.source_lang = source_lang
-        if target_lang:
-            task_cfg.target_lang = target_lang
-        # a translation_kd teacher's own teacher and stores: scoring needs none of them
-        for key in ("teacher_path", "soft_labels", "distilled_data"):
-            if key in task_cfg:
-                task_cfg[key] = None
-    return task_cfg
-
-
-def _load_cmlm(path, state, data, source_lang, target_lang):
-    from fairseq import tasks
-
-    from ..teacher import check_teacher_dictionary
-
-    cfg = state["cfg"]
-    if cfg.task._name != CMLM:
-        raise ValueError(f"{path} was trained with --task {cfg.task._name}, not conditional_mlm")
-    task = tasks.setup_task(_task_config(state, data, source_lang, target_lang))
-    check_teacher_dictionary(path, state, task.target_dictionary, task.source_dictionary)
-    rows = state["model"]["output_projection.weight"].size(0)
-    if rows != len(task.target_dictionary):
-        raise ValueError(
-            f"{path}: teacher scores {rows} words, {data}'s target dictionary has {len(task.target_dictionary)}"
-        )
-    model = task.build_model(cfg.model)
-    model.load_state_dict(state["model"], strict=True)
-    model.eval().requires_grad_(False)
-    return model, task
-
-
-def load_any_teacher(paths, data, source_lang=None, target_lang=None):
-    """``(teacher_kind, teacher, task)`` of ``--path a.pt[:b.pt]``, the task reading ``data``.
-
-    The kind comes from the first checkpoint's task: ``conditional_mlm`` gives
-    (CMLM, model, task) and takes one checkpoint; an autoregressive translation
-    task gives (TRANSLATION, :class:`fairseq_kd.teacher.TeacherEnsemble`, a
-    translation task built from that checkpoint's config), the loader online
-    ``word_kd`` uses. Non-autoregressive (``translation_lev``) models are refused.
-    """
-    import fairseq_kd  # noqa: F401  (registers the tasks and models; safe checkpoint loading)
-    from fairseq import checkpoint_utils, tasks
+def teacher_kind(teacher) -> str:
+    """The header's ``teacher_kind`` of a teacher :func:`fairseq_kd.teacher.load_teacher`
+    loaded: its task's. ``conditional_mlm`` (CMLM) takes one checkpoint; an
+    autoregressive translation task gives TRANSLATION; anything else, and
+    non-autoregressive (``translation_lev``) models, are refused."""
     from fairseq.models.nat import FairseqNATModel
     from fairseq.tasks.translation import TranslationTask
+    from fairseq.tasks.translation_lev import TranslationLevenshteinTask
 
-    from ..teacher import TeacherEnsemble, split_paths
+    from ..tasks.conditional_mlm import ConditionalMLMTask
 
-    files = split_paths(paths)
-    _check_inputs(files, data)
-    state = checkpoint_utils.load_checkpoint_to_cpu(files[0])
-    name = state["cfg"].task._name
-    if name == CMLM:
+    task, files = teacher.task, teacher.paths
+    if isinstance(task, ConditionalMLMTask):
         if len(files) > 1:
-            raise ValueError(f"--path {paths}: ensembles of conditional_mlm teachers are not supported; "
+            raise ValueError(f"--path {':'.join(files)}: ensembles of conditional_mlm teachers are not supported; "
                              f"dump one checkpoint")
-        return (CMLM, *_load_cmlm(files[0], state, data, source_lang, target_lang))
-    task = tasks.setup_task(_task_config(state, data, source_lang, target_lang))
-    del state  # TeacherEnsemble reads every checkpoint itself
-    if not isinstance(task, TranslationTask) or name.startswith("translation_lev"):
+        return CMLM
+    if not isinstance(task, TranslationTask) or isinstance(task, TranslationLevenshteinTask):
+        name = getattr(task.cfg, "_name", type(task).__name__)
         raise ValueError(f"{files[0]} was trained with --task {name}: the dump takes a conditional_mlm teacher "
                          f"or an autoregressive translation teacher (--task translation / translation_kd)")
-    teacher = TeacherEnsemble.from_checkpoints(paths, task)
     for path, model in zip(files, teacher.models):
         if isinstance(model, FairseqNATModel):
             raise ValueError(f"{path} is a non-autoregressive model ({type(model).__name__}): the dump takes "
                              f"autoregressive translation teachers")
-    return TRANSLATION, teacher, task
+    return TRANSLATION
 
 
 def make_batches(src_sizes, tgt_sizes, passes, max_tokens, window):
@@ -251,13 +198,14 @@ def make_batches(src_sizes, tgt_sizes, passes, max_tokens, window):
 
 
 @torch.no_grad()
-def teacher_topk(model, items, passes, topk, device, dtype):
+def teacher_topk(model, items, passes, topk, device, dtype, sampler=None):
     """Top-K of the teacher at every target slot of ``items`` (dataset items),
     each slot scored in the pass that masks it.
 
     Returns (sentence, slot, ids N x K, logits N x K, gold_logprob N): N = all
     target tokens; gold_logprob is the teacher's log-probability (full softmax,
-    T = 1) of the gold word, its quality measure.
+    T = 1) of the gold word, its quality measure. With a ``sampler`` (see
+    :func:`sampled_values`) the K columns are its draws instead of the top K.
     """
     from fairseq.data import data_utils
 
@@ -278,17 +226,30 @@ def teacher_topk(model, items, passes, topk, device, dtype):
     tgt = data_utils.collate_tokens(tgt_rows, pad).to(device)
     positions = data_utils.collate_tokens([m.long() for m in mask_rows], 0).bool().to(device)  # R x T
     logits = model(src, None, tgt, positions=positions)[0].float()  # N x V, row-major over positions
-    values, ids = logits.topk(topk, dim=-1)  # N x K, descending
     gold = data_utils.collate_tokens(gold_rows, pad).to(device)[positions]  # N
     gold_logprob = logits.gather(1, gold.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
+    if sampler is not None:
+        ids, values = sampler([logits])
+    else:
+        values, ids = logits.topk(topk, dim=-1)  # N x K, descending
     rows, slots = positions.nonzero(as_tuple=True)
     sentence = torch.tensor(row_sentence, device=device)[rows]
     return (sentence.cpu().numpy(), slots.cpu().numpy(), ids.int().cpu().numpy(), values.cpu().numpy(),
             gold_logprob.cpu().numpy())
 
 
+def sampled_values(logits, samples, temperature, generator):
+    """(ids N x S, values N x S) of a sampled store from one model's or an ensemble's
+    N x V logits: S draws from q = 1/M sum_m softmax(z_m / T), values T log(count / S)."""
+    from .. import losses
+
+    probs, _ = losses.soft_targets(logits, temperature, overwrite=True)  # N x V, the logits overwritten
+    ids, weights = losses.sampled_soft_targets(probs, samples, generator=generator)
+    return ids, weights.log_().mul_(temperature)  # weight 0 -> -inf: a slot no draw filled
+
+
 @torch.no_grad()
-def translation_topk(teacher, sample, topk, temperature, pad):
+def translation_topk(teacher, sample, topk, temperature, pad, sampler=None):
     """Top-K of an autoregressive teacher (ensemble) teacher-forced on the gold target
     of ``sample`` (a LanguagePairDataset batch), at every non-pad target position.
 
@@ -310,7 +271,9 @@ def translation_topk(teacher, sample, topk, temperature, pad):
     gold = target[mask]  # N
     gold_lp = torch.stack([z.gather(1, gold.unsqueeze(1)).squeeze(1) - z.logsumexp(-1) for z in logits])  # M x N
     gold_logprob = gold_lp.logsumexp(0) - math.log(len(logits))
-    if len(logits) == 1:
+    if sampler is not None:
+        ids, values = sampler(logits)
+    elif len(logits) == 1:
         values, ids = logits[0].topk(topk, dim=-1)  # N x K, descending
     else:
         probs, _ = losses.soft_targets(logits, temperature, overwrite=True)  # N x V, the logits overwritten
@@ -332,55 +295,66 @@ def _drop_pages(store) -> None:
             m.madvise(mmap.MADV_DONTNEED)
 
 
-def dump(args) -> dict:
+def run(args) -> dict:
     """Run the command; returns its summary (for one shard of several, the part's)."""
     from fairseq import utils as fairseq_utils
 
-    from ..data import array_store, soft_labels
-    from ..data.shards import shard_from_env, shard_range
-    from ..teacher import split_paths
+    from ..data import array_store, parts, soft_labels
+    from ..data.shards import check_shard, shard_from_env, shard_range
+    from ..teacher import load_teacher
 
-    if args.topk <= 0:
-        raise ValueError(f"--topk must be > 0, got {args.topk}")
+    if args.store == "sampled":
+        if args.topk is not None:
+            raise ValueError("--topk is for --store topk; a sampled store holds --samples draws per token")
+        args.samples = 12 if args.samples is None else args.samples
+        if args.samples <= 0:
+            raise ValueError(f"--samples must be > 0, got {args.samples}")
+        columns = args.samples
+    else:
+        if args.samples is not None:
+            raise ValueError("--samples is for --store sampled: add --store sampled, or use --topk")
+        args.topk = 8 if args.topk is None else args.topk
+        if args.topk <= 0:
+            raise ValueError(f"--topk must be > 0, got {args.topk}")
+        columns = args.topk
     if args.passes is not None and args.passes < 0:
         raise ValueError(f"--passes must be >= 0, got {args.passes}")
     if args.temperature is not None and args.temperature <= 0:
         raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-    shard = shard_from_env(getattr(args, "num_shards", None), getattr(args, "shard_id", None))
-    if shard.num_shards < 1 or not 0 <= shard.shard_id < shard.num_shards:
-        raise ValueError(f"--shard-id must be in [0, {shard.num_shards}), got {shard.shard_id}")
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    if use_cuda:
-        torch.cuda.set_device(shard.local_rank % torch.cuda.device_count())  # one GPU per process of a node
-    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
-    kind, teacher, task = load_any_teacher(args.path, args.data, args.source_lang, args.target_lang)
-    files = split_paths(args.path)
+    shard = shard_from_env(args.num_shards, args.shard_id)
+    check_shard(shard.num_shards, shard.shard_id)
+    device, dtype = device_and_dtype(args, shard.local_rank)
+    use_cuda = device.type == "cuda"
+    langs = {"source_lang": args.source_lang, "target_lang": args.target_lang}
+    teacher = load_teacher(args.path, data=args.data, overrides={k: v for k, v in langs.items() if v},
+                           device=device, dtype=dtype)
+    kind, task, files = teacher_kind(teacher), teacher.task, teacher.paths
     temperature = None  # the header's: set only where the store is exact at one --kd-temperature
+    if args.store == "sampled":
+        temperature = float(args.temperature if args.temperature is not None else 1.0)
     if kind == CMLM:
-        if args.temperature is not None:
+        if args.temperature is not None and args.store == "topk":
             raise ValueError("--temperature is for ensembles of translation teachers: a conditional_mlm teacher's "
                              "raw logits are stored (the student applies --kd-temperature); remove it")
         if args.passes is None:
             args.passes = 7
         passes = args.passes
-        teacher.to(device=device, dtype=dtype)
+        teacher = teacher.models[0]
         dataset = task.load_pair_dataset(args.subset)
     else:
         if args.passes is not None:
             raise ValueError(f"--passes is for conditional_mlm teachers; {files[0]} is a translation teacher, "
                              f"teacher-forced once per sentence: remove --passes")
-        if len(teacher) == 1 and args.temperature is not None:
+        if len(teacher) == 1 and args.temperature is not None and args.store == "topk":
             raise ValueError("--temperature is for ensembles: a single teacher's raw logits are stored, exact at "
                              "any --kd-temperature; remove it")
-        if len(teacher) > 1:
+        if len(teacher) > 1 and args.store == "topk":
             temperature = float(args.temperature if args.temperature is not None else 1.0)
         passes = None
-        teacher.follow(device, dtype)
         task.load_dataset(args.subset)
         dataset = task.dataset(args.subset)
     dictionary = task.target_dictionary
-    if args.topk > len(dictionary):
+    if args.store == "topk" and args.topk > len(dictionary):
         raise ValueError(f"--topk {args.topk} exceeds the dictionary size {len(dictionary)}")
     sizes = soft_labels.target_sizes(dataset)
     src_sizes = np.asarray(dataset.src_sizes, dtype=np.int64)
@@ -401,14 +375,16 @@ def dump(args) -> dict:
                          f"{limit}")
     checksums = [array_store.file_checksum(p) for p in files]
     header = soft_labels.make_header(
-        args.subset, args.topk, passes, dictionary, sizes,
+        args.subset, columns, passes, dictionary, sizes,
         teacher_checksum=soft_labels.joined_checksum(checksums),
         teacher={"path": ":".join(os.path.basename(p) for p in files)},
         num_shards=shard.num_shards, shard_id=shard.shard_id, sentence_range=(start, end),
-        teacher_kind=kind, teacher_checksums=checksums, temperature=temperature,
+        teacher_kind=kind, teacher_checksums=checksums, temperature=temperature, values=args.store,
     )
+    if args.store == "sampled":
+        header["seed"] = int(args.seed)
     sharded = shard.num_shards > 1
-    path = soft_labels.part_work_path(args.out, *shard[:2]) if sharded else args.out
+    path = parts.work_path(args.out, shard.num_shards, shard.shard_id) if sharded else args.out
     what = f"dump {args.subset}" + (f" shard {shard.shard_id}/{shard.num_shards}" if sharded else "")
     if sharded:
         logger.info(f"{what}: sentences [{start}, {end}) of {len(sizes)} -> {path}")
@@ -422,13 +398,17 @@ def dump(args) -> dict:
     def score(batch):
         """(local sentence j per token, slot, ids, values, gold_logprob) of a batch of local indices."""
         items = [dataset[start + int(j)] for j in batch]
+        sampler = None
+        if args.store == "sampled":  # the draws of a batch depend on the seed and its first sentence only
+            generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + start + int(batch[0]))
+            sampler = lambda logits: sampled_values(logits, args.samples, temperature, generator)  # noqa: E731
         if kind == CMLM:
-            sentence, *rest = teacher_topk(teacher, items, passes, args.topk, device, dtype)
+            sentence, *rest = teacher_topk(teacher, items, passes, columns, device, dtype, sampler)
             return (batch[sentence], *rest)
         sample = dataset.collater(items)  # fairseq's teacher forcing: prev_output_tokens = </s> + target[:-1]
         if use_cuda:
             sample = fairseq_utils.move_to_cuda(sample, device=device)
-        sentence, *rest = translation_topk(teacher, sample, args.topk, temperature, dictionary.pad())
+        sentence, *rest = translation_topk(teacher, sample, columns, temperature, dictionary.pad(), sampler)
         return (sentence - start, *rest)
 
     # Batches of local indices j (sentence start + j); ``start`` is a multiple of the
@@ -459,8 +439,8 @@ def dump(args) -> dict:
     record_run(path, args)
     nbytes = sum(os.path.getsize(os.path.join(path, f"{n}.npy")) for n in header["arrays"])
     if sharded:
-        final = soft_labels.part_path(args.out, *shard[:2])
-        soft_labels.publish_part(path, final)
+        final = parts.part_path(args.out, shard.num_shards, shard.shard_id)
+        parts.publish(path, final)
         path = final
     first, last = header["token_range"]
     return {
@@ -476,7 +456,8 @@ def dump(args) -> dict:
         "seconds": elapsed,
         "path": path,
         "teacher_quality": header["teacher_quality"],
-        "topk": args.topk,
+        "topk": columns,
+        "store": args.store,
         "teacher_kind": kind,
         "teacher_models": len(files),
         "temperature": temperature,
@@ -487,9 +468,12 @@ def cli_main(argv=None) -> None:
     # OSError: a missing or unwritable file; StoreError is a ValueError
     from ..data.soft_labels import describe_quality
 
-    args, summary = run_command(get_parser(), dump, argv, errors=(OSError, ValueError))
-    quality = describe_quality(summary["teacher_quality"], summary["topk"])
-    if summary["teacher_models"] > 1:
+    args, summary = run_command(build_parser(), run, argv, errors=(OSError, ValueError))
+    quality = describe_quality(summary["teacher_quality"], summary["topk"], summary["store"] == "sampled")
+    if summary["store"] == "sampled":
+        quality += (f"; {summary['teacher_models']} {summary['teacher_kind']} teacher(s), {summary['topk']} draws at "
+                    f"T={summary['temperature']:g} (train with --kd-temperature {summary['temperature']:g})")
+    elif summary["teacher_models"] > 1:
         quality += (f"; {summary['teacher_models']} {summary['teacher_kind']} teachers, probabilities averaged at "
                     f"T={summary['temperature']:g} (train with --kd-temperature {summary['temperature']:g})")
     else:

@@ -31,6 +31,7 @@ removed and detokenized the same way as the hypotheses.
 """
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -38,7 +39,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .distill_corpus import decode, generation_args, load_ensemble
+from ..data.atomic import atomic_open
+from ..generation import add_generation_args, decode, generation_config
+from ..teacher import load_teacher
+from ._common import add_device_arguments, device_and_dtype, progress
+
+logger = logging.getLogger("fairseq_kd.cli.evaluate")
 
 METRICS = ("bleu", "chrf", "rouge")
 
@@ -117,7 +123,8 @@ def measure_latency(task, models, dataset, generator, use_cuda, n_sentences: int
 
 
 # -------------------------------------------------------------------- main
-def evaluate(args) -> dict:
+def run(args) -> dict:
+    """Decode, score and time the split; returns the summary (``scores.json``)."""
     from ._common import check_minimums, input_file
 
     check_minimums(args, {"beam": 1, "max_tokens": 1, "batch_size": 1, "latency_sentences": 0,
@@ -128,15 +135,16 @@ def evaluate(args) -> dict:
     for m in metrics:
         if m not in METRICS:
             raise ValueError(f"unknown metric {m!r} (choose from {', '.join(METRICS)})")
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    if args.fp16 and not use_cuda:
-        raise ValueError("--fp16 needs a GPU (none found, or --cpu given)")
+    device, dtype = device_and_dtype(args)
+    use_cuda = device.type == "cuda"
     references_raw = None
     if args.reference:
         with open(input_file(args.reference, "--reference file"), encoding="utf-8") as f:
             references_raw = [line.rstrip("\n") for line in f]
 
-    models, task = load_ensemble(args.data, args.path, use_cuda, args.fp16, what="checkpoint")
+    # the model under test, frozen and loaded as a teacher is (dictionaries checked against DATA)
+    loaded = load_teacher(args.path, data=args.data, device=device, dtype=dtype, what="checkpoint", generation=True)
+    models, task = loaded.models, loaded.task
     task.load_dataset(args.gen_subset)
     dataset = task.dataset(args.gen_subset)
     n = len(dataset)
@@ -145,7 +153,7 @@ def evaluate(args) -> dict:
                          f"the {args.gen_subset} split has {n} sentences")
     if references_raw is None and dataset.tgt is None:
         raise ValueError(f"the {args.gen_subset} split has no targets: give --reference FILE")
-    generator = task.build_generator(models, generation_args(args))
+    generator = task.build_generator(models, generation_config(args))
 
     # Latency first: its warm-up also warms up the throughput run.
     latency = None
@@ -155,7 +163,7 @@ def evaluate(args) -> dict:
     _sync(use_cuda)
     start = time.perf_counter()
     results = decode(task, models, dataset, generator, args.max_tokens, args.batch_size, use_cuda, 1,
-                     desc=f"evaluate {args.gen_subset}")
+                     desc=f"evaluate {args.gen_subset}", progress=progress)
     _sync(use_cuda)
     seconds = time.perf_counter() - start
     missing = [sid for sid in range(n) if sid not in results]
@@ -183,6 +191,7 @@ def evaluate(args) -> dict:
         "iter_decode_with_beam": args.iter_decode_with_beam,
         "reference": args.reference or "dataset targets", "tokenizer": args.tokenizer,
         "remove_bpe": args.remove_bpe, "device": "cuda" if use_cuda else "cpu", "fp16": args.fp16,
+        "bf16": args.bf16,
         **scores,
         "throughput": {
             "max_tokens": args.max_tokens, "batch_size": args.batch_size, "seconds": seconds,
@@ -195,14 +204,11 @@ def evaluate(args) -> dict:
     if args.results_path:
         os.makedirs(args.results_path, exist_ok=True)
         for name, lines in (("hypotheses.txt", hypotheses), ("references.txt", references)):
-            tmp = os.path.join(args.results_path, name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_open(os.path.join(args.results_path, name), encoding="utf-8") as f:
                 f.write("".join(line + "\n" for line in lines))
-            os.replace(tmp, os.path.join(args.results_path, name))
-        tmp = os.path.join(args.results_path, "scores.json.tmp")
-        with open(tmp, "w") as f:
+        with atomic_open(os.path.join(args.results_path, "scores.json")) as f:  # last: the results are whole
             json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(args.results_path, "scores.json"))
+        logger.info(f"hypotheses, references and scores in {args.results_path}")
     return summary
 
 
@@ -224,30 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="moses", choices=("moses", "none"),
                    help="tokenization undone before scoring (default: moses)")
     p.add_argument("--detok-lang", help="language of the Moses detokenizer (default: the target language)")
-    p.add_argument("--beam", type=int, default=5, help="beam size of autoregressive models (default: 5)")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty of beam search (default: 1)")
-    p.add_argument("--max-len-a", type=float, default=0, help="max length = a * source length + b (a; default 0)")
-    p.add_argument("--max-len-b", type=int, default=200, help="max length = a * source length + b (b; default 200)")
-    p.add_argument("--iter-decode-max-iter", type=int, default=10,
-                   help="NAT (translation_lev): refinement steps; N + 1 decoder passes (default: 10)")
-    p.add_argument("--iter-decode-force-max-iter", action="store_true",
-                   help="NAT: always run all iterations (Mask-Predict's fixed T), no early stop")
-    p.add_argument("--iter-decode-with-beam", type=int, default=1,
-                   help="NAT: length candidates decoded in parallel (Mask-Predict's l; default 1)")
+    add_generation_args(p, ("beam", "lenpen", "max_len_a", "max_len_b", "iter_decode_max_iter",
+                            "iter_decode_force_max_iter", "iter_decode_with_beam"), defaults={"lenpen": 1.0})
     p.add_argument("--max-tokens", type=int, default=8000, help="tokens per batch for throughput (default: 8000)")
     p.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default: no limit)")
     p.add_argument("--latency-sentences", type=int, default=100,
                    help="sentences decoded one at a time for latency (default: 100; 0 skips)")
     p.add_argument("--results-path", help="write hypotheses.txt, references.txt and scores.json here")
-    p.add_argument("--fp16", action="store_true", help="decode in half precision (GPU only)")
-    p.add_argument("--cpu", action="store_true", help="decode on the CPU even when a GPU is there")
+    add_device_arguments(p, what="the model")
     return p
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
     from ._common import record_run, run_command
 
-    args, summary = run_command(build_parser(), evaluate, argv)
+    args, summary = run_command(build_parser(), run, argv)
     if args.results_path:
         record_run(args.results_path, args)
     quality = " ".join(

@@ -2,9 +2,10 @@
 
 ``LabelSmoothedBaseCriterion`` is ``label_smoothed_cross_entropy`` with its
 ``forward`` cut into the parts that ``word_kd``, ``seq_kd`` and ``d2gpo`` reuse
-around the term each adds; ``KDDivergenceConfig`` holds the ``--kd-divergence``
-options that ``word_kd`` and ``nat_word_kd`` share; the functions below check
-options and log sums.
+around the term each adds; ``KDConfig`` (the KD term's weight, temperature and
+top-K) and ``KDDivergenceConfig`` (``--kd-divergence``) hold the options that
+``word_kd`` and ``nat_word_kd`` share; the functions below check options and
+log sums.
 
 ``reduce=False``, in every criterion built on it, returns what fairseq's
 ``label_smoothed_nll_loss`` returns unreduced: one loss per target position,
@@ -23,6 +24,30 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from .. import losses
+
+
+@dataclass
+class KDConfig(FairseqDataclass):
+    """``--kd-alpha``, ``--kd-temperature`` and ``--kd-topk``, shared by ``word_kd`` and ``nat_word_kd``."""
+
+    kd_alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of the KD term: (1-alpha)*gold term + alpha*KD (nat_word_kd: within the word_ins "
+            "term); 0 = no KD, 1 = pure KD"
+        },
+    )
+    kd_temperature: float = field(
+        default=1.0, metadata={"help": "temperature T applied to the teacher's logits"}
+    )
+    kd_topk: int = field(
+        default=0,
+        metadata={
+            "help": "keep the teacher's top-K words and renormalize over them; 0 = full "
+            "vocabulary (a soft-label store always gives its own K: a smaller K uses its first K, "
+            "a larger one is an error)"
+        },
+    )
 
 
 @dataclass
@@ -105,6 +130,19 @@ def check_divergence(divergence: str, beta: float, skew: float, topk_teacher: bo
             "(--soft-labels or --kd-topk > 0): use an online teacher with --kd-topk 0, or jsd with --kd-beta < 1, "
             "skew_reverse_kl with --kd-skew > 0, or tvd"
         )
+
+
+def check_sampled_teacher(divergence: str, topk: int) -> None:
+    """Raise unless a sampled store (``--store sampled``) is used as it is unbiased:
+    with the forward KL (cross-entropy), which is linear in the teacher's q, and all its
+    draws (``losses.sampled_soft_targets``)."""
+    if divergence != "forward_kl":
+        raise ValueError(f"--kd-divergence {divergence} is not linear in the teacher's distribution, so the draws of a "
+                         "sampled store (--store sampled) do not estimate it without bias: use forward_kl, or a "
+                         "top-K store / an online teacher")
+    if topk > 0:
+        raise ValueError("a sampled store holds draws from the teacher, not its top K: --kd-topk would bias them; "
+                         "remove --kd-topk")
 
 
 def sum_logs(logging_outputs: Iterable[Dict], key: str):

@@ -3,7 +3,7 @@
 Li, Wang, Chen, Utiyama, Sumita, Zhang, Zhao (2020), Data-dependent Gaussian
 Prior Objective for Language Generation (ICLR).
 
-    loss = (1 - alpha) * LS-NLL(gold) + alpha * T^2 * KL
+    loss = (1 - kd_alpha) * LS-NLL(gold) + kd_alpha * T^2 * KL
     KL   = sum over non-pad target positions t (EOS included) of KL(q_t || p_t)
     q_t  = softmax(w[y_t] / T) over the k candidates stored for the gold word y_t
            (w[y](r) = N(r; 0, sigma^2) at similarity rank r, rank 0 = y itself)
@@ -14,7 +14,9 @@ What follows the paper's code (github.com/bcmi220/d2gpo,
 ``generate_d2gpo_distribution.py --d2gpo_mode gaussian --d2gpo_gaussian_std 1
 --d2gpo_gaussian_offset 0``, as in its WMT'14 script): the stored weights are
 the normal density of the rank, used as logits divided by T (``postsoftmax``);
-rank 0 is the gold word itself; sigma = 1, alpha = 0.1, T = 2; the KL term is
+rank 0 is the gold word itself; sigma = 1, alpha = 0.1 (``--kd-alpha``, the
+weight of the prior term, as the paper's alpha and as ``--kd-alpha`` weighs
+the KD term of every criterion of this plugin), T = 2; the KL term is
 scaled by T^2 and summed over tokens with ``sample_size = ntokens``; the
 student enters the KL at temperature T_S = 1 (its log-probabilities are the
 ones of the NLL term, so the prior term costs no second softmax over V).
@@ -55,8 +57,9 @@ class D2GPoCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
     d2gpo_prior: Optional[str] = field(
         default=None, metadata={"help": "directory of the prior store written by fairseq-kd-build-prior"}
     )
-    d2gpo_alpha: float = field(
-        default=0.1, metadata={"help": "weight of the prior term: (1-alpha)*NLL + alpha*T^2*KL"}
+    kd_alpha: float = field(
+        default=0.1,
+        metadata={"help": "weight of the prior term: (1-kd_alpha)*NLL + kd_alpha*T^2*KL (the paper's alpha, 0.1)"},
     )
     d2gpo_temperature: float = field(
         default=2.0, metadata={"help": "temperature T of the prior q = softmax(weights / T) and the T^2 factor"}
@@ -83,7 +86,7 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
         ignore_prefix_size=0,
         report_accuracy=False,
         d2gpo_prior=None,
-        d2gpo_alpha=0.1,
+        kd_alpha=0.1,
         d2gpo_temperature=2.0,
         d2gpo_student_temperature=1.0,
         d2gpo_topk=0,
@@ -91,7 +94,7 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not d2gpo_prior:
             raise ValueError("--criterion d2gpo needs --d2gpo-prior DIR (written by fairseq-kd-build-prior)")
-        check_weight("--d2gpo-alpha", d2gpo_alpha)
+        check_weight("--kd-alpha", kd_alpha)
         if d2gpo_temperature <= 0 or d2gpo_student_temperature <= 0:
             raise ValueError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
         # Raises StoreError naming the store when it was built for another dictionary.
@@ -102,7 +105,7 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
                 f"prior store {d2gpo_prior}: use --d2gpo-topk {self.prior.k} or less (0 = all {self.prior.k}), "
                 f"or rebuild the prior with fairseq-kd-build-prior --topk {d2gpo_topk}"
             )
-        self.alpha = d2gpo_alpha
+        self.kd_alpha = kd_alpha
         self.temperature = d2gpo_temperature
         self.student_temperature = d2gpo_student_temperature
         self.topk = d2gpo_topk
@@ -117,14 +120,14 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
         # reduce=False: per position, as label_smoothed_nll_loss's B*T x 1 column
         kl_sum = kl.sum()
         kl_term = kl_sum if reduce else kl.unsqueeze(-1)
-        loss = losses.interpolate(loss, self.temperature**2 * kl_term, self.alpha)
+        loss = losses.interpolate(loss, self.temperature**2 * kl_term, self.kd_alpha)
         sample_size, logging_output = self.gold_logging_output(loss, nll_loss, sample)
         logging_output["d2gpo_kl"] = kl_sum.data
         self.log_accuracy(model, net_output, sample, logging_output)
         return loss, sample_size, logging_output
 
     def compute_prior_kl(self, lprobs, net_output, target):
-        """B*T values KL(q_t || p_t), 0 at pads (unweighted by alpha and T^2).
+        """B*T values KL(q_t || p_t), 0 at pads (unweighted by kd_alpha and T^2).
 
         ``lprobs`` (B*T x V) and ``target`` (B*T) are the NLL term's; every row is
         computed (a pad row looks up the pad's one-candidate prior) and pad rows are
@@ -144,5 +147,5 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        # per token, in base 2 like nll_loss; unweighted by alpha and T^2
+        # per token, in base 2 like nll_loss; unweighted by kd_alpha and T^2
         log_per_count_base2(logging_outputs, ["d2gpo_kl"], "ntokens")

@@ -3,11 +3,14 @@
 Tang, Lu, Liu, Mou, Vechtomova, Lin (2019), Distilling Task-Specific Knowledge
 from BERT into Simple Neural Networks, eq. 2:
 
-    loss_n = alpha * CE(z_S,n, y_n) + (1 - alpha) * ||z_T,n - z_S,n||_2^2
+    loss_n = (1 - kd_alpha) * CE(z_S,n, y_n) + kd_alpha * ||z_T,n - z_S,n||_2^2
     loss_n = ||z_T,n - z_S,n||_2^2            when example n has no gold label (y_n = -1)
 
-summed over the batch, ``sample_size`` = number of examples. alpha = 0 (the
-default) is the paper's BiLSTM_SOFT; alpha = 1 is plain cross-entropy.
+summed over the batch, ``sample_size`` = number of examples. ``--kd-alpha``
+weighs the distillation term, as in every criterion of this plugin; the
+paper's alpha weighs the gold term instead: kd_alpha = 1 - alpha. kd_alpha = 1
+(the default, the paper's alpha = 0) is its BiLSTM_SOFT; kd_alpha = 0 is plain
+cross-entropy.
 Teacher logits come from the task (``--task sentence_prediction_kd
 --teacher-logits DIR``) as ``sample["teacher_logits"]``; a batch without them
 (validation) is scored on the cross-entropy of its gold labels alone.
@@ -39,11 +42,12 @@ class LogitMSECriterionConfig(FairseqDataclass):
         default=False,
         metadata={"help": "must stay False: logit_mse is for classification (read by the task)"},
     )
-    ce_alpha: float = field(
-        default=0.0,
+    kd_alpha: float = field(
+        default=1.0,
         metadata={
-            "help": "alpha in alpha*CE(gold) + (1-alpha)*||z_T - z_S||^2 (Tang et al. 2019); "
-            "0 = BiLSTM_SOFT, 1 = plain cross-entropy; unlabelled examples use the MSE only"
+            "help": "weight of the distillation term: (1-kd_alpha)*CE(gold) + kd_alpha*||z_T - z_S||^2; "
+            "1 = BiLSTM_SOFT, 0 = plain cross-entropy (Tang et al. 2019's alpha is 1 - kd_alpha); "
+            "unlabelled examples use the MSE only"
         },
     )
 
@@ -51,13 +55,13 @@ class LogitMSECriterionConfig(FairseqDataclass):
 @register_criterion("logit_mse", dataclass=LogitMSECriterionConfig)
 class LogitMSECriterion(FairseqCriterion):
     def __init__(self, task, classification_head_name="sentence_classification_head", regression_target=False,
-                 ce_alpha=0.0):
+                 kd_alpha=1.0):
         super().__init__(task)
         if regression_target:
             raise ValueError("--criterion logit_mse is for classification; drop --regression-target")
-        check_weight("--ce-alpha", ce_alpha)
+        check_weight("--kd-alpha", kd_alpha)
         self.classification_head_name = classification_head_name
-        self.ce_alpha = ce_alpha
+        self.kd_alpha = kd_alpha
 
     def forward(self, model, sample, reduce=True):
         logits_S, _ = model(
@@ -69,10 +73,10 @@ class LogitMSECriterion(FairseqCriterion):
         labelled = target >= 0
         logits_T = sample.get("teacher_logits")  # B x C or None
         if logits_T is None:
-            if model.training and self.ce_alpha < 1.0:
+            if model.training and self.kd_alpha > 0.0:
                 raise ValueError(
                     "training batch without teacher logits: pass --teacher-logits DIR for the "
-                    "training split (--task sentence_prediction_kd), or use --ce-alpha 1"
+                    "training split (--task sentence_prediction_kd), or use --kd-alpha 0"
                 )
             if not bool(labelled.all()):
                 raise ValueError(f"{int((~labelled).sum())} examples have neither a gold label nor teacher logits")
@@ -81,7 +85,10 @@ class LogitMSECriterion(FairseqCriterion):
         else:
             if logits_T.shape != logits_S.shape:
                 raise ValueError(f"teacher logits are {tuple(logits_T.shape)}, student logits {tuple(logits_S.shape)}")
-            loss, ce, mse = losses.logit_mse_objective(logits_S, logits_T.to(logits_S.device), target, self.ce_alpha)
+            # losses.logit_mse_objective follows the paper: its alpha weighs the gold term
+            loss, ce, mse = losses.logit_mse_objective(
+                logits_S, logits_T.to(logits_S.device), target, 1.0 - self.kd_alpha
+            )
         loss = loss.sum() if reduce else loss
         preds = logits_S.argmax(-1)
         logging_output = {

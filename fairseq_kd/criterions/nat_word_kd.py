@@ -43,48 +43,50 @@ would predict for that word given the whole gold left context, which is the
 word-level KD target of Kim & Rush. A student whose output frame is not the
 target frame (``out`` of another length) is refused.
 
+How. The loss is ``nat_loss``'s own ``forward``, run on the model's output
+dictionary with one more entry: the criterion wraps the model so that its
+outputs carry ``kd``, a precomputed term (``"loss"``) with its factor
+alpha * f_word_ins, while ``word_ins`` keeps its ``out`` / ``tgt`` / ``mask`` and
+gets the factor (1 - alpha) * f_word_ins. ``nat_loss`` sums the terms, logs each
+unweighted and reduces the metrics as for any model; nothing of its loop is
+copied here.
+
 Normalization follows ``nat_loss`` (mean over the term's positions,
 ``sample_size = 1``). Each term is logged unweighted: ``word_ins-loss`` (the
 gold term before interpolation), ``length-loss``, ..., ``kd-loss``; fairseq
 prints them as ``word_ins``, ``length``, ..., ``kd`` (base 2). At alpha = 0
 the teacher is not run at all and ``kd-loss`` is not logged: the loss and the
-logs are ``nat_loss``'s.
+logs are ``nat_loss``'s. At alpha = 1 the gold word_ins term has factor 0, so
+``nat_loss`` cannot log it unweighted (0 / 0): it is logged from a second,
+gradient-free ``nat_loss`` pass over the word_ins entry alone.
 
 ``--kd-divergence`` (``losses.kd_divergence``, as in ``word_kd``) replaces
 H(q_i, p_i) by the reverse KL, the generalized JSD (``--kd-beta``), a skew KL
 (``--kd-skew``) or the total variation; the default ``forward_kl`` is the
 cross-entropy above. Against a top-K teacher (``--kd-topk``) the divergences are
 taken over the K words plus one tail bucket (``losses`` module docstring); the
-reverse KL is refused there. (Selective distillation, ``--kd-selection``, is
-``word_kd``'s only.)
+reverse KL is refused there. (Selective distillation, ``--kd-selection``, and
+on-policy distillation, ``--kd-on-policy-ratio``, are ``word_kd``'s only.)
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.nat_loss import (
     LabelSmoothedDualImitationCriterion,
     LabelSmoothedDualImitationCriterionConfig,
 )
+from fairseq.tasks.translation_lev import TranslationLevenshteinTask
 
 from .. import losses
-from ._common import KDDivergenceConfig, check_divergence, check_weight
+from ..tasks._kd_teacher import require_teacher_task
+from ._common import KDConfig, KDDivergenceConfig, check_divergence, check_weight
 
 
 @dataclass
-class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig, KDDivergenceConfig):
-    kd_alpha: float = field(
-        default=0.5,
-        metadata={"help": "weight of the KD term in the word_ins term: (1-alpha)*word_ins + alpha*KD"},
-    )
-    kd_temperature: float = field(
-        default=1.0, metadata={"help": "temperature T applied to the teacher's logits"}
-    )
-    kd_topk: int = field(
-        default=0,
-        metadata={"help": "keep the teacher's top-K words and renormalize over them; 0 = full vocabulary"},
-    )
+class NatWordKDCriterionConfig(LabelSmoothedDualImitationCriterionConfig, KDConfig, KDDivergenceConfig):
+    pass
 
 
 @register_criterion("nat_word_kd", dataclass=NatWordKDCriterionConfig)
@@ -98,9 +100,9 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         if kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
         check_divergence(kd_divergence, kd_beta, kd_skew, topk_teacher=kd_topk > 0)
-        if not hasattr(task, "teacher_soft_targets") or not hasattr(task, "inject_noise"):
-            raise ValueError("--criterion nat_word_kd needs --task translation_lev_kd (it owns the teacher)")
-        if getattr(task, "teacher", None) is None:
+        # a NAT task (its batches carry the noised sample["prev_target"]) with a teacher
+        require_teacher_task(task, "nat_word_kd", "--task translation_lev_kd", base=TranslationLevenshteinTask)
+        if task.teacher is None:
             raise ValueError("--criterion nat_word_kd needs --teacher-path (an autoregressive teacher)")
         self.kd_alpha = kd_alpha
         self.kd_temperature = kd_temperature
@@ -110,49 +112,41 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         self.kd_skew = kd_skew
 
     def forward(self, model, sample, reduce=True):
-        src_tokens = sample["net_input"]["src_tokens"]
-        src_lengths = sample["net_input"]["src_lengths"]
-        outputs = model(src_tokens, src_lengths, sample["prev_target"], sample["target"])
+        """``nat_loss``'s forward on the model's outputs plus the ``kd`` entry (module docstring).
+
+        ``reduce`` is ignored: the loss and the logs are always reduced (``nat_loss`` has
+        no per-token losses; its ``reduce=False`` branch fails in fairseq 0.12)."""
+        model_outputs = []  # the model's own outputs, for the word_ins log at alpha = 1
+
+        def model_with_kd(*args, **kwargs):
+            model_outputs.append(model(*args, **kwargs))
+            return self.add_kd_term(model, model_outputs[-1], sample)
+
+        loss, sample_size, logging_output = super().forward(model_with_kd, sample)
+        if self.kd_alpha == 1:  # word_ins has factor 0 in the loss: its own pass logs it unweighted
+            word_ins = model_outputs[-1]["word_ins"]
+            with torch.no_grad():
+                _, _, word_ins_logs = super().forward(lambda *_: {"word_ins": word_ins}, sample)
+            logging_output["word_ins-loss"] = word_ins_logs["word_ins-loss"]
+        return loss, sample_size, logging_output
+
+    def add_kd_term(self, model, outputs, sample):
+        """The model's ``outputs`` with the KD term: ``word_ins`` weighted (1 - alpha) f and
+        ``kd`` = alpha f KD, precomputed (f = word_ins's factor); as they are at alpha = 0."""
         if "word_ins" not in outputs:
             raise ValueError("nat_word_kd distills into a 'word_ins' term; this model has none")
-
-        terms, nll_losses = [], []
-        for name, out in outputs.items():  # exactly nat_loss's terms
-            if out.get("loss", None) is None:
-                term = self._compute_loss(
-                    out.get("out"), out.get("tgt"), out.get("mask", None), out.get("ls", 0.0),
-                    name=name + "-loss", factor=out.get("factor", 1.0),
-                )
-            else:
-                term = self._custom_loss(out.get("loss"), name=name + "-loss", factor=out.get("factor", 1.0))
-            terms.append((name, term))
-            if out.get("nll_loss", False):
-                nll_losses.append(term.get("nll_loss", 0.0))
-
-        # alpha = 0: no teacher forward, and the word_ins term is nat_loss's exactly
-        kd_loss = self.compute_kd(model, outputs["word_ins"], sample) if self.kd_alpha > 0 else None
-        loss = 0.0
-        for name, term in terms:
-            if name == "word_ins" and kd_loss is not None:
-                word_ins = losses.interpolate(term["loss"] / term["factor"], kd_loss, self.kd_alpha)
-                loss = loss + word_ins * term["factor"]
-            else:
-                loss = loss + term["loss"]
-        nll_loss = sum(nll_losses) if nll_losses else loss.new_tensor(0)
-
-        sample_size = 1  # nat_loss: every term is already a mean
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["nsentences"],
-            "sample_size": sample_size,
+        if "kd" in outputs:
+            raise ValueError("nat_word_kd adds a 'kd' term; this model already outputs one")
+        if self.kd_alpha == 0:  # no teacher forward: nat_loss exactly
+            return outputs
+        word_ins = outputs["word_ins"]
+        factor = word_ins.get("factor", 1.0)
+        kd = self.compute_kd(model, word_ins, sample)
+        return {
+            **outputs,
+            "word_ins": dict(word_ins, factor=(1.0 - self.kd_alpha) * factor),
+            "kd": {"loss": kd * (self.kd_alpha * factor), "factor": self.kd_alpha * factor},
         }
-        for _, term in terms:
-            logging_output[term["name"]] = utils.item(term["loss"].data / term["factor"])
-        if kd_loss is not None:
-            logging_output["kd-loss"] = utils.item(kd_loss.data)
-        return loss, sample_size, logging_output
 
     def kd_positions(self, word_ins, target):
         """B x T booleans: the word_ins positions minus <s> (column 0)."""
@@ -172,9 +166,8 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         mask = self.kd_positions(word_ins, sample["target"])
         if not mask.any():
             return word_ins["out"].new_zeros(()).float()
-        teacher = self.task.teacher_soft_targets(
+        probs_T, ids_T, _ = self.task.teacher_soft_targets(
             sample, model, mask, temperature=self.kd_temperature, topk=self.kd_topk
         )
-        probs_T, ids_T, _ = teacher
         lprobs_S = F.log_softmax(word_ins["out"][mask].float(), dim=-1)  # N x V
         return losses.kd_divergence(lprobs_S, probs_T, ids_T, self.kd_divergence, self.kd_beta, self.kd_skew).mean()

@@ -13,7 +13,8 @@ sequence-level KD (the same as training on the distilled corpus alone, up to
 the normalization by gold tokens).
 
 The teacher's outputs come from the task: ``--task translation_kd
---distilled-data DIR`` with DIR written by ``fairseq-kd-distill-corpus``; each
+--distilled-data DIR`` with DIR written by ``fairseq-kd-distill-corpus`` (the
+teacher interface's ``has_distilled_targets``, ``tasks/_kd_teacher.py``); each
 batch then carries ``sample["distilled"]`` (target and prev_output_tokens in
 the batch's own order). The model runs twice per batch: once teacher-forced on
 the gold prefix, once on the distilled prefix, with the same encoder input.
@@ -39,6 +40,7 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 
 from .. import losses
+from ..tasks._kd_teacher import TeacherTask
 from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, summed_data
 
 
@@ -66,7 +68,7 @@ class SeqKDCriterion(LabelSmoothedBaseCriterion):
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         check_weight("--kd-alpha", kd_alpha)
-        if kd_alpha > 0 and not getattr(getattr(task, "cfg", None), "distilled_data", None):
+        if kd_alpha > 0 and not (isinstance(task, TeacherTask) and task.has_distilled_targets()):
             raise ValueError(
                 "--criterion seq_kd needs the teacher's outputs: --task translation_kd "
                 "--distilled-data DIR (written by fairseq-kd-distill-corpus)"

@@ -14,7 +14,7 @@ Completion protocol (nothing half-written is ever read as complete):
    matching ``done`` flags (:meth:`PendingStore.mark_done`) - data before
    flags, so a killed run never has a flag without its data.
 3. :func:`finish` checks every unit is done, writes ``header.json``
-   atomically (write to a temporary file, then ``os.replace``) and removes
+   atomically (:func:`fairseq_kd.data.atomic.atomic_open`) and removes
    ``pending.json`` and ``done.npy``.
 
 A rerun with the same ``pending.json`` resumes (:func:`resume`): units already
@@ -27,6 +27,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .atomic import atomic_open
+
 HEADER = "header.json"
 PENDING = "pending.json"
 DONE = "done.npy"
@@ -37,12 +39,8 @@ class StoreError(ValueError):
 
 
 def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path, fsync=True) as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _damaged(path: str) -> str:

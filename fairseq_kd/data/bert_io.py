@@ -6,6 +6,11 @@ a line; the line number is the id) and ``model.safetensors`` or
 ``encoder.*``, and usually the pooler ``pooler.dense.*``) or a ``BertForMaskedLM``
 / ``BertForPreTraining`` (the same under ``bert.`` plus the masked-LM head
 ``cls.predictions.*``). Every error names the file at fault.
+
+The vocabulary helpers here are the plugin's only ones: BERT's special pieces
+(:data:`SPECIALS` and the fairseq symbols that stand for them), finding a
+``vocab.txt`` (:func:`vocab_file`) and telling an uncased vocabulary from a
+cased one (:func:`is_uncased`).
 """
 import json
 import os
@@ -29,7 +34,13 @@ CONFIG_FIELDS = {
     "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1,
 }
+# BERT's special pieces, in the order of bert-base's vocab.txt (ids 0, 100, 101, 102, 103).
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD, UNK, CLS, SEP, MASK = SPECIALS
+# fairseq's special symbols and the BERT pieces they stand for (the embedding row of <s> is
+# BERT's [CLS], ...), <mask> being the one fairseq's sentence_prediction adds to its dictionary
+# (models/bert_teacher.py puts [MASK] one past a translation dictionary instead).
+FAIRSEQ_TO_BERT_SPECIALS = {"<s>": CLS, "<pad>": PAD, "</s>": SEP, "<unk>": UNK, "<mask>": MASK}
 
 
 class BertCheckpointError(ValueError):
@@ -78,10 +89,56 @@ def read_vocab(path: str) -> List[str]:
         pieces = [line.rstrip("\n").rstrip("\r") for line in f]
     while pieces and pieces[-1] == "":
         pieces.pop()
-    missing = [s for s in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if s not in pieces]
+    missing = [s for s in SPECIALS if s not in pieces]
     if not pieces or missing:
         raise BertCheckpointError(f"{file} is not a BERT vocabulary (missing {', '.join(missing) or 'pieces'})")
     return pieces
+
+
+def vocab_file(path: str) -> str:
+    """The vocab.txt that ``path`` (the file, or the BERT directory holding it) names;
+    FileNotFoundError / ValueError when it is missing or holds no [UNK] piece
+    (a tokenizer's vocabulary need not hold the other specials)."""
+    file = os.path.join(path, VOCAB) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"BERT vocabulary not found: {file}")
+    with open(file, encoding="utf-8") as f:
+        if not any(line.strip() == UNK for line in f):  # the tokenizer maps unknown words to it
+            what = "is empty" if os.path.getsize(file) == 0 else f"has no {UNK} piece"
+            raise ValueError(f"BERT vocabulary {file} {what}: --vocab takes a BERT checkpoint's vocab.txt "
+                             "(or its directory)")
+    return file
+
+
+def is_uncased(path: str) -> bool:
+    """Whether the BERT vocabulary ``path`` (its vocab.txt, or the directory holding
+    it) is uncased, i.e. its tokenizer lowercases and strips accents.
+
+    ``do_lower_case`` of a ``tokenizer_config.json`` beside vocab.txt decides when it
+    is there. Else the vocabulary is uncased when no piece (``[...]`` specials left
+    out) holds a character that lowercasing changes: an uncased vocabulary is
+    built from lowercased text, yet holds symbols that Unicode calls upper case
+    but that have no lower case, such as U+211D (bert-base-uncased's and MiniLM's
+    vocabularies hold it), while a cased one holds "The".
+    """
+    file = os.path.join(path, VOCAB) if os.path.isdir(path) else path
+    config = os.path.join(os.path.dirname(file), "tokenizer_config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            try:
+                lower = json.load(f).get("do_lower_case")
+            except (ValueError, AttributeError):  # not JSON, or not an object: guess from the pieces
+                lower = None
+        if isinstance(lower, bool):
+            return lower
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            piece = line.strip()
+            if piece.startswith("[") and piece.endswith("]"):
+                continue
+            if any(c.lower() != c for c in piece):
+                return False
+    return True
 
 
 def weights_file(path: str) -> str:
@@ -132,6 +189,26 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[s
     if "embeddings.word_embeddings.weight" not in encoder:
         raise BertCheckpointError(f"{file} has no embeddings.word_embeddings.weight: not a BERT checkpoint")
     return encoder, (head or None), file
+
+
+def read_word_embeddings(path: str) -> Tuple[torch.Tensor, str]:
+    """``(table, file)``: the W x d input embeddings ``embeddings.word_embeddings.weight``
+    of the BERT checkpoint directory ``path`` (row i = piece i of vocab.txt) and the
+    weights file read. A ``model.safetensors`` is read for that one tensor only."""
+    file = weights_file(path)
+    if not file.endswith(".safetensors"):
+        return read_state_dict(path)[0]["embeddings.word_embeddings.weight"], file
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, "pt") as f:
+            keys = [k for k in f.keys() if k in ("embeddings.word_embeddings.weight",
+                                                  "bert.embeddings.word_embeddings.weight")]
+            if not keys:
+                raise BertCheckpointError(f"{file} has no embeddings.word_embeddings.weight: not a BERT checkpoint")
+            return f.get_tensor(keys[0]), file
+    except SafetensorError as e:  # an empty, cut or foreign file
+        raise BertCheckpointError(f"{file} could not be read ({e}): download the BERT checkpoint again") from e
 
 
 def write_checkpoint(

@@ -1,5 +1,8 @@
 """Splitting an offline stage (soft-label dump, distilled corpus) into shards.
 
+This module says which sentences a process handles; where it writes them, and
+how the parts are checked and joined, is :mod:`fairseq_kd.data.parts`.
+
 Shard I of N processes a contiguous range of sentences [start, end) of the
 split, chosen so that every shard holds about the same number of tokens (not
 sentences): long and short sentences cost differently. Ranges depend only on
@@ -22,6 +25,15 @@ class Shard(NamedTuple):
     local_rank: int  # which GPU of this node (0 without a launcher)
 
 
+def check_shard(num_shards: int, shard_id: int = 0) -> None:
+    """Raise ValueError (one line, naming the option) unless ``shard_id`` is one of
+    ``num_shards`` >= 1 shards: the one check of a shard, wherever it comes from."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard-id must be in [0, {num_shards}), got {shard_id}")
+
+
 def shard_bounds(sizes: Sequence[int], num_shards: int, granularity: int = 1) -> np.ndarray:
     """num_shards + 1 sentence boundaries b with shard i = [b[i], b[i+1]).
 
@@ -36,8 +48,7 @@ def shard_bounds(sizes: Sequence[int], num_shards: int, granularity: int = 1) ->
     batches within blocks forms the same batches in every shard as in one
     process.
     """
-    if num_shards < 1:
-        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    check_shard(num_shards)
     if granularity < 1:
         raise ValueError(f"the shard granularity must be >= 1 sentence, got {granularity}")
     sizes = np.asarray(sizes, dtype=np.int64)
@@ -61,8 +72,7 @@ def shard_bounds(sizes: Sequence[int], num_shards: int, granularity: int = 1) ->
 
 def shard_range(sizes: Sequence[int], num_shards: int, shard_id: int, granularity: int = 1) -> Tuple[int, int]:
     """(start, end) sentence range of shard ``shard_id`` of ``num_shards`` (see :func:`shard_bounds`)."""
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"--shard-id must be in [0, {num_shards}), got {shard_id}")
+    check_shard(num_shards, shard_id)
     bounds = shard_bounds(sizes, num_shards, granularity)
     return int(bounds[shard_id]), int(bounds[shard_id + 1])
 
@@ -73,7 +83,8 @@ def shard_from_env(
     env: Optional[Mapping[str, str]] = None,
 ) -> Shard:
     """The shard this process runs: explicit options first, else torchrun's or
-    Slurm's variables, else the single shard 0 of 1."""
+    Slurm's variables, else the single shard 0 of 1. Not checked here: a command
+    calls :func:`check_shard` on it before any work (and :func:`shard_range` does)."""
     env = os.environ if env is None else env
     if num_shards is not None or shard_id is not None:
         if num_shards is None or shard_id is None:
@@ -87,81 +98,3 @@ def shard_from_env(
         if world in env and rank in env:
             return Shard(int(env[world]), int(env[rank]), int(env.get(local, 0)))
     return Shard(1, 0, 0)
-
-
-def part_name(shard: Shard) -> str:
-    """Folder name of a shard's part: ``part-00001-of-00004``."""
-    return f"part-{shard.shard_id:05d}-of-{shard.num_shards:05d}"
-
-
-def replace_dir(tmp: str, final: str) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older one there
-    (a rerun shard): the old part stays whole until the new one is in place."""
-    import shutil
-
-    if os.path.exists(final):
-        old = f"{final}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def check_cover(ranges: Sequence[Tuple[str, int, int]], n_sentences: int) -> None:
-    """Raise ValueError unless the (name, start, end) ranges cover [0, n) exactly once,
-    naming the gaps and the overlapping parts."""
-    problems = []
-    pos, last = 0, None
-    for name, start, end in sorted(ranges, key=lambda r: (r[1], r[2])):
-        if start > pos:
-            problems.append(f"sentences {pos}..{start - 1} are in no part (missing shard before {name})")
-        elif start < pos:
-            problems.append(f"{name} [{start}, {end}) overlaps {last}")
-        pos, last = max(pos, end), name
-    if pos < n_sentences:
-        problems.append(f"sentences {pos}..{n_sentences - 1} are in no part (missing shard after {last})")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def check_parts(parts: Sequence[Mapping], n_sentences: int) -> None:
-    """Raise ValueError naming every problem that forbids merging ``parts``.
-
-    Each part is a mapping with ``name``, ``shard`` ([id, N]), ``range``
-    ([start, end)) and ``settings`` (whatever must be equal across parts: K,
-    passes, beam, dictionary and split checksums, teacher hashes...). Parts
-    whose settings differ from the most common ones are named with the
-    differing fields; then the ranges must cover [0, n) exactly once
-    (:func:`check_cover`), and for every N seen, parts 0..N-1 must all be there.
-    """
-    import json
-    from collections import Counter
-
-    problems = []
-    if not parts:
-        raise ValueError("no parts found")
-    keys = [json.dumps(p["settings"], sort_keys=True) for p in parts]
-    reference = json.loads(Counter(keys).most_common(1)[0][0])
-    for part, key in zip(parts, keys):
-        if json.loads(key) != reference:
-            fields = sorted(k for k in set(reference) | set(part["settings"])
-                            if reference.get(k) != part["settings"].get(k))
-            detail = ", ".join(f"{k}: {part['settings'].get(k)!r} vs {reference.get(k)!r}" for k in fields)
-            problems.append(f"{part['name']} was made with other settings than the other parts ({detail})")
-    present = {}
-    for part in parts:
-        shard_id, num_shards = part["shard"]
-        present.setdefault(num_shards, set()).add(shard_id)
-    for num_shards, ids in sorted(present.items()):
-        missing = [part_name(Shard(num_shards, i, 0)) for i in range(num_shards) if i not in ids]
-        if missing:
-            problems.append(f"missing {', '.join(missing)} (rerun those shards)")
-    if len(present) > 1:
-        problems.append(f"parts of different --num-shards ({', '.join(map(str, sorted(present)))}) are mixed")
-    try:
-        check_cover([(p["name"], p["range"][0], p["range"][1]) for p in parts], n_sentences)
-    except ValueError as e:
-        problems.append(str(e))
-    if problems:
-        raise ValueError("; ".join(problems))

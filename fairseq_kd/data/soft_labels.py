@@ -19,8 +19,24 @@ included, sentences in dataset order) plus ``header.json``
 - ``offsets.npy``  (sentences + 1) int64: sentence i is rows offsets[i]:offsets[i+1].
 
 With K = 8 that is 52 bytes a token (+ 8 a sentence). Stores of version 1
-(before ``gold_logprob``) and 2 (before ``teacher_kind``: a conditional_mlm
-teacher) are still read.
+(before ``gold_logprob``), 2 (before ``teacher_kind``: a conditional_mlm
+teacher) and 3 (before ``values``: top-K) are still read.
+
+Two kinds of values (header ``values``):
+
+- ``topk`` (default): the K most probable words, as above. Biased: the student
+  learns the teacher renormalized over K words.
+- ``sampled`` (``fairseq-kd-dump-soft-labels --store sampled --samples S``):
+  S words drawn with replacement from the teacher's distribution at the
+  dump's temperature T (header ``temperature``, ``samples``; ``topk`` = S
+  columns), stored as the distinct drawn words with ``logits`` = T log(count / S)
+  (slots left over hold weight 0: T log 0 = -inf). ``softmax(values / T)``
+  gives the weights count / S back, so the student's KD cross-entropy is an
+  unbiased estimate of the full-vocabulary one (Anshumann et al. 2025;
+  :func:`fairseq_kd.losses.sampled_soft_targets`), exact in expectation at
+  ``--kd-temperature T`` only, with no ``--kd-topk`` and only the forward KL
+  (the other divergences are non-linear in q). ``gold_in_topk`` counts the
+  gold word among the drawn words.
 
 The teacher. ``teacher_kind`` is ``conditional_mlm`` (a BERT C-MLM teacher
 scored over ``passes`` masked copies) or ``translation`` (autoregressive
@@ -47,32 +63,32 @@ covers with ``num_shards`` / ``shard_id``. :meth:`SoftLabelStore.check`
 refuses a store that does not match the dataset and dictionary it is used with.
 
 Shards. A dump run as N shards (``fairseq-kd-dump-soft-labels --num-shards N``)
-writes one *part* per shard, ``OUT.parts/part-0000I-of-0000N/``: a finished
-store of the same format holding only its contiguous sentence range (its
-``offsets`` start at 0), with the header fields of the whole split (sentences,
-tokens, sizes checksum) and its own ``sentence_range`` / ``token_range`` /
-``num_shards`` / ``shard_id``. A part is written in ``.part-...tmp/`` beside it
-(so a killed shard resumes there) and renamed into place when finished.
+writes one *part* per shard in the layout of :mod:`fairseq_kd.data.parts`,
+``OUT.parts/part-0000I-of-0000N/`` (written, and resumed after a kill, in
+``OUT.parts/.part-0000I-of-0000N.tmp/``): a finished store of the same format
+holding only its contiguous sentence range (its ``offsets`` start at 0), with
+the header fields of the whole split (sentences, tokens, sizes checksum) and
+its own ``sentence_range`` / ``token_range`` / ``num_shards`` / ``shard_id``.
 :class:`SoftLabelStore` refuses to read a part; :func:`merge_store_parts`
-checks the parts cover the split exactly once with the same settings and
-concatenates them into the store one process writes.
+checks the parts cover the split exactly once with the same settings
+(:data:`PART_SETTINGS`) and concatenates them into the store one process writes.
 """
-import json
 import os
 import shutil
-from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from . import array_store
+from . import array_store, parts
 from .array_store import StoreError
 
 KIND = "soft_labels"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # 1: no gold_logprob array, no teacher_quality; 2: no teacher_kind (a C-MLM)
+VERSION = 4
+# 1: no gold_logprob array, no teacher_quality; 2: no teacher_kind (a C-MLM); 3: no values (top-K)
+READABLE_VERSIONS = (1, 2, 3, 4)
 TEACHER_KINDS = ("conditional_mlm", "translation")
+VALUES = ("topk", "sampled")  # the header's ``values``: what the K columns of a row are
 
 
 def target_sizes(dataset) -> np.ndarray:
@@ -107,16 +123,23 @@ def make_header(
     teacher_kind: str = "conditional_mlm",
     teacher_checksums: Optional[Sequence[str]] = None,
     temperature: Optional[float] = None,
+    values: str = "topk",
 ) -> Dict[str, Any]:
     """The header of a store of ``split`` (``sizes``: all its target lengths).
 
     By default the store holds the whole split (shard 0 of 1); a part of a
     sharded dump holds ``sentence_range`` = [start, end) and records its shard.
     ``passes`` is None for a translation teacher; ``teacher_checksums`` defaults
-    to ``[teacher_checksum]``; ``temperature`` is None for raw logits.
+    to ``[teacher_checksum]``; ``temperature`` is None for raw logits. ``values``
+    is ``topk`` or ``sampled`` (then ``topk`` is the number of samples and
+    ``temperature`` the one they were drawn at).
     """
     if teacher_kind not in TEACHER_KINDS:
         raise ValueError(f"teacher_kind {teacher_kind!r} is not one of {', '.join(TEACHER_KINDS)}")
+    if values not in VALUES:
+        raise ValueError(f"values {values!r} is not one of {', '.join(VALUES)}")
+    if values == "sampled" and temperature is None:
+        raise ValueError("a sampled store records the temperature its samples were drawn at")
     sizes = np.asarray(sizes, dtype=np.int64)
     start, end = sentence_range if sentence_range is not None else (0, len(sizes))
     if not 0 <= start <= end <= len(sizes):
@@ -130,6 +153,7 @@ def make_header(
         "passes": None if passes is None else int(passes),
         "teacher_kind": teacher_kind,
         "temperature": None if temperature is None else float(temperature),
+        "values": values,
         "dictionary_checksum": array_store.dictionary_checksum(dictionary),
         "dictionary_size": len(dictionary),
         "sentences": int(len(sizes)),
@@ -202,8 +226,13 @@ def measure_quality(arrays, target_of, chunk: int = 4096) -> Dict[str, float]:
     return quality_summary(total)
 
 
-def describe_quality(quality: Dict[str, float], topk: int) -> str:
-    """One line: the teacher's top-1 accuracy, gold NLL and top-K coverage."""
+def describe_quality(quality: Dict[str, float], topk: int, sampled: bool = False) -> str:
+    """One line: the teacher's top-1 accuracy, gold NLL and top-K coverage (of a sampled
+    store: how often the most drawn word is the gold word, and the gold word is drawn)."""
+    if sampled:
+        return (f"teacher's most drawn word = gold {quality['top1_accuracy']:.1f}%, gold NLL "
+                f"{quality['gold_nll']:.3f} nats, gold word among the {topk} draws {quality['gold_in_topk_rate']:.1f}% "
+                f"({quality['tokens']} tokens)")
     return (f"teacher top-1 accuracy {quality['top1_accuracy']:.1f}%, gold NLL {quality['gold_nll']:.3f} nats, "
             f"gold word in the stored top-{topk} {quality['gold_in_topk_rate']:.1f}% "
             f"({quality['tokens']} tokens)")
@@ -229,61 +258,11 @@ def create_or_resume(path: str, header: Dict[str, Any], sizes: Sequence[int]) ->
 
 
 # ------------------------------------------------------------------ shards
-PART_SETTINGS = ("kind", "version", "split", "topk", "passes", "teacher_kind", "temperature",
+PART_SETTINGS = ("kind", "version", "split", "topk", "passes", "teacher_kind", "temperature", "values",
                  "dictionary_checksum", "dictionary_size", "sentences", "tokens", "sizes_checksum",
                  "teacher_checksum", "teacher_checksums")
 """Header fields every part of one dump shares. The rest is the part's own range, and
 ``teacher`` (the checkpoint's file name, informative: its sha256 is what must match)."""
-
-
-def parts_dir(out: str) -> str:
-    """Where the shards of the store ``out`` write their parts: ``OUT.parts`` beside it."""
-    return os.path.normpath(out) + ".parts"
-
-
-def part_path(out: str, num_shards: int, shard_id: int) -> str:
-    """``OUT.parts/part-0000I-of-0000N``: the finished part of shard I of N."""
-    from .shards import Shard, part_name
-
-    return os.path.join(parts_dir(out), part_name(Shard(num_shards, shard_id, 0)))
-
-
-def part_work_path(out: str, num_shards: int, shard_id: int) -> str:
-    """``OUT.parts/.part-0000I-of-0000N.tmp``: where that part is written (and resumed)
-    until it is finished and renamed to :func:`part_path` (replacing an older one)."""
-    final = part_path(out, num_shards, shard_id)
-    return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp")
-
-
-def publish_part(work: str, final: str) -> None:
-    """Move the finished part ``work`` (it has ``header.json``) to ``final``."""
-    from .shards import replace_dir
-
-    array_store.read_header(work)  # raises unless finished
-    replace_dir(work, final)
-
-
-def read_parts(parent: str) -> List[Dict[str, Any]]:
-    """Headers of the finished parts in ``parent`` (each with ``name`` and ``path``).
-
-    Folders being written (``.part-...tmp``) are skipped; a ``part-*`` folder
-    that is not a finished soft-label part is an error naming it.
-    """
-    from .shards import Shard, part_name
-
-    parts = []
-    for name in sorted(os.listdir(parent)):
-        path = os.path.join(parent, name)
-        if not (name.startswith("part-") and os.path.isdir(path)) or ".old-" in name:
-            continue
-        header = array_store.read_header(path)
-        if header.get("kind") != KIND:
-            raise StoreError(f"{path} holds a {header.get('kind')!r} store, expected {KIND!r}")
-        if part_name(Shard(header.get("num_shards", 1), header.get("shard_id", 0), 0)) != name:
-            raise StoreError(f"{path}: its header says shard {header.get('shard_id')} of "
-                             f"{header.get('num_shards')}, not {name}")
-        parts.append(dict(header, name=name, path=path))
-    return parts
 
 
 def merged_header(part: Dict[str, Any]) -> Dict[str, Any]:
@@ -293,14 +272,14 @@ def merged_header(part: Dict[str, Any]) -> Dict[str, Any]:
                 token_range=[0, header["tokens"]])
 
 
-def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_rows: int = 1 << 20) -> dict:
-    """Concatenate the parts in ``parent`` (``OUT.parts``) into the store ``out``.
+def merge_store_parts(out: str, remove_parts: bool = False, chunk_rows: int = 1 << 20) -> dict:
+    """Concatenate the parts of the store ``out`` (``OUT.parts``, see :mod:`.parts`) into ``out``.
 
     Checks first and writes nothing when a check fails (StoreError / ValueError
     naming the parts): every part is finished, has the same K, passes, teacher kind, temperature,
     dictionary and split checksums and teacher hash (:data:`PART_SETTINGS`),
     and the sentence ranges cover the split exactly once
-    (:func:`fairseq_kd.data.shards.check_parts`). The store is then written in
+    (:func:`fairseq_kd.data.parts.check_parts`). The store is then written in
     a temporary folder beside ``out`` with :mod:`array_store`'s protocol (one
     work unit per part) and renamed to ``out``: it equals, array for array and
     header for header, the store of a single-process dump with the same
@@ -308,40 +287,30 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
 
     Returns {"parts", "sentences", "tokens", "bytes"}.
     """
-    from .shards import check_parts
-
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"no parts to merge: {parent} not found")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         if os.path.exists(os.path.join(out, array_store.HEADER)):
             raise StoreError(f"{out} already holds a finished store; remove it to merge the parts again")
         raise StoreError(f"{out} exists and is not empty")
-    parts = read_parts(parent)
-    if not parts:
-        raise StoreError(f"no finished parts in {parent}")
-    settings = [{k: p.get(k) for k in PART_SETTINGS} for p in parts]
-    keys = [json.dumps(s, sort_keys=True) for s in settings]
-    n_sentences = json.loads(Counter(keys).most_common(1)[0][0])["sentences"]
-    check_parts([{"name": p["name"], "shard": [p["shard_id"], p["num_shards"]], "range": p["sentence_range"],
-                  "settings": s} for p, s in zip(parts, settings)], n_sentences)
-    parts.sort(key=lambda p: p["sentence_range"])
+    found = parts.read_parts(out, KIND)
+    parts.check_parts(found, PART_SETTINGS)
+    found.sort(key=lambda p: p["sentence_range"])
     arrays = []
-    for part in parts:
+    for part in found:
         _, a = array_store.open_store(part["path"], kind=KIND)  # checks every array's shape
         (start, end), (first, last) = part["sentence_range"], part["token_range"]
         if a["ids"].shape != (last - first, part["topk"]) or len(a["offsets"]) != end - start + 1 \
                 or int(a["offsets"][-1]) != last - first:
             raise StoreError(f"{part['path']}: arrays do not hold sentences [{start}, {end}), tokens [{first}, {last})")
         arrays.append(a)
-    token_ranges = [p["token_range"] for p in parts]
-    if token_ranges[0][0] != 0 or token_ranges[-1][1] != parts[0]["tokens"] or any(
+    token_ranges = [p["token_range"] for p in found]
+    if token_ranges[0][0] != 0 or token_ranges[-1][1] != found[0]["tokens"] or any(
             a[1] != b[0] for a, b in zip(token_ranges, token_ranges[1:])):
-        raise StoreError(f"the parts' token ranges {token_ranges} do not cover the {parts[0]['tokens']} tokens")
+        raise StoreError(f"the parts' token ranges {token_ranges} do not cover the {found[0]['tokens']} tokens")
 
-    header = merged_header(parts[0])
-    if all("teacher_quality" in p for p in parts):
+    header = merged_header(found[0])
+    if all("teacher_quality" in p for p in found):
         header["teacher_quality"] = quality_summary(
-            {k: sum(p["teacher_quality"][k] for p in parts) for k in QUALITY_COUNTS})
+            {k: sum(p["teacher_quality"][k] for p in found) for k in QUALITY_COUNTS})
     else:
         header.pop("teacher_quality", None)
     parent_of_out = os.path.dirname(os.path.abspath(out))
@@ -350,9 +319,9 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         store = array_store.create(tmp, header, _arrays(header["tokens"], header["sentences"], header["topk"]),
-                                   units=len(parts))
+                                   units=len(found))
         store["offsets"][0] = 0
-        for j, (part, a) in enumerate(zip(parts, arrays)):
+        for j, (part, a) in enumerate(zip(found, arrays)):
             (start, end), (first, last) = part["sentence_range"], part["token_range"]
             store["offsets"][start + 1:end + 1] = first + np.asarray(a["offsets"][1:])
             for name in [n for n in ("ids", "logits", "gold_logprob") if n in a]:  # chunked: parts can be larger than memory
@@ -367,9 +336,9 @@ def merge_store_parts(parent: str, out: str, remove_parts: bool = False, chunk_r
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if remove_parts:
-        shutil.rmtree(parent)
+        shutil.rmtree(parts.parts_dir(out))
     nbytes = sum(os.path.getsize(os.path.join(out, f"{n}.npy")) for n in header["arrays"])
-    return {"parts": len(parts), "sentences": header["sentences"], "tokens": header["tokens"], "bytes": nbytes}
+    return {"parts": len(found), "sentences": header["sentences"], "tokens": header["tokens"], "bytes": nbytes}
 
 
 class SoftLabelStore:
@@ -393,6 +362,8 @@ class SoftLabelStore:
         self.passes = None if passes is None else int(passes)  # None: a translation teacher
         self.teacher_kind = self.header.get("teacher_kind", "conditional_mlm")  # versions 1, 2: C-MLM only
         self.temperature = self.header.get("temperature")  # None: raw logits, exact at any temperature
+        self.values = self.header.get("values", "topk")  # versions 1-3: top-K
+        self.sampled = self.values == "sampled"
         if self.ids.shape != self.logits.shape or self.ids.shape[1] != self.topk:
             raise StoreError(f"{path}: ids {self.ids.shape} and logits {self.logits.shape} do not hold K={self.topk}")
         if self.header.get("num_shards", 1) != 1 or self.header.get("sentence_range") != [0, self.header["sentences"]]:

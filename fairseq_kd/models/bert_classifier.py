@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from fairseq.models import register_model, register_model_architecture
 
 from ..data import bert_io
-from .bert_teacher import FAIRSEQ_TO_BERT_SPECIALS, BertEncoderModel, _set_defaults
+from .bert_teacher import BertEncoderModel, _set_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class BertClassifierModel(BertEncoderModel):
 
     def import_bert(self, path: str, dictionary) -> None:
         """Copy a Hugging Face BERT checkpoint's encoder (and keep its pooler)."""
-        symbols = [FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols]
+        symbols = [bert_io.FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols]
         state, _, file, n_unk = self.import_encoder(path, symbols)
         H = self.config["hidden_size"]
         pooler = {k[len("pooler.dense."):]: v for k, v in state.items() if k.startswith("pooler.dense.")}

@@ -43,9 +43,6 @@ from ..data import bert_io
 
 logger = logging.getLogger(__name__)
 
-# fairseq's specials (and the <mask> that sentence_prediction adds) as BERT pieces.
-FAIRSEQ_TO_BERT_SPECIALS = {"<s>": "[CLS]", "<pad>": "[PAD]", "</s>": "[SEP]", "<unk>": "[UNK]", "<mask>": "[MASK]"}
-
 
 def _activation(name: str):
     if name == "gelu":
@@ -237,7 +234,7 @@ class BertEncoderModel(BaseFairseqModel):
         encoder, head, file = bert_io.read_state_dict(path)
         vocab = bert_io.read_vocab(path)
         piece_id = {p: i for i, p in enumerate(vocab)}
-        unk = piece_id["[UNK]"]
+        unk = piece_id[bert_io.UNK]
         bert_ids = torch.tensor([piece_id.get(s, unk) for s in symbols], dtype=torch.long)
         n_unk = sum(1 for s in symbols if s not in piece_id)
         word = encoder["embeddings.word_embeddings.weight"]
@@ -309,7 +306,7 @@ class BertTeacherModel(BertEncoderModel):
 
     def import_bert(self, path: str, dictionary) -> None:
         """Copy a Hugging Face BERT checkpoint's weights into this model."""
-        symbols = [FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols] + ["[MASK]"]
+        symbols = [bert_io.FAIRSEQ_TO_BERT_SPECIALS.get(s, s) for s in dictionary.symbols] + [bert_io.MASK]
         _, head, _, n_unk = self.import_encoder(path, symbols)
         with torch.no_grad():
             self.output_projection.weight.copy_(self.embeddings.word_embeddings.weight[:-1])

@@ -30,42 +30,28 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
+from ..data import word_vectors
+
 logger = logging.getLogger(__name__)
 
 
 def read_word_vectors(path: str, dictionary, embed_dim: int) -> Tuple[Dict[int, torch.Tensor], int]:
-    """Vectors of the dictionary's words from a word-vector text file.
-
-    Accepts ``word v1 ... vD`` lines with or without a ``count dim`` first line
-    (word2vec / fastText ``.vec`` with it, GloVe without). Returns
-    ``({dictionary index: D-vector}, number of lines read)``; raises ValueError
-    naming the file and line when a vector does not have ``embed_dim`` values.
-    """
+    """Vectors of the dictionary's words from a word-vector text file
+    (:func:`fairseq_kd.data.word_vectors.read_word_vectors`: word2vec / fastText
+    ``.vec`` with a ``count dim`` first line, GloVe without). Returns
+    ``({dictionary index: D-vector}, number of vectors in the file)``; raises
+    ValueError naming the file and line when a vector does not have ``embed_dim``
+    values."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--embed-path: word-vector file not found: {path}")
-    vectors, n_lines = {}, 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            pieces = line.rstrip().split(" ")
-            if lineno == 1 and len(pieces) == 2 and all(p.isdigit() for p in pieces):
-                continue  # word2vec / fastText header: "count dim"
-            if len(pieces) < 2:
-                continue
-            n_lines += 1
-            if len(pieces) - 1 != embed_dim:
-                raise ValueError(
-                    f"{path}:{lineno}: vector of {pieces[0]!r} has {len(pieces) - 1} values, "
-                    f"--embed-dim is {embed_dim}"
-                )
-            idx = dictionary.index(pieces[0])
-            if idx != dictionary.unk() or pieces[0] == dictionary.unk_word:
-                vectors[idx] = torch.tensor([float(x) for x in pieces[1:]])
-    return vectors, n_lines
+    vectors, found, n_vectors = word_vectors.read_word_vectors(path, dictionary.symbols, embed_dim, "--embed-dim")
+    return {int(i): vectors[i] for i in np.flatnonzero(found)}, n_vectors
 
 
 def concat_compare(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,17 @@ optional:
 - ``--distilled-data DIR``: a distilled corpus written by
   ``fairseq-kd-distill-corpus`` (sequence-level KD, Kim & Rush 2016).
 
-Criterions ask the task for the teacher's distribution through
-:meth:`TranslationKDTask.teacher_soft_targets`, passing their own temperature
-and top-K; the task never reads criterion options.
+Criterions ask the task for the teacher's distribution through the teacher
+interface (``_kd_teacher.TeacherTask``: ``teacher_soft_targets`` and
+``teacher_soft_targets_all_rows`` return one ``SoftTargets``), passing their own
+temperature and top-K; the task never reads criterion options.
+
+On-policy distillation (``word_kd --kd-on-policy-ratio``) asks the task for
+``on_policy_sample``: the student's own translations of a batch's sources,
+decoded by :func:`decode` (greedy or sampled, batched, incremental, under
+``torch.no_grad()`` in eval mode) and laid out as a batch, which the online
+teacher then scores as it scores the gold batch. Only an online teacher can
+(``teacher_scores_any_prefix``): not with ``--soft-labels``.
 
 Alignment. Nothing is matched to its data by sentence count alone. A
 soft-label store holds one split: the training split (``--train-subset``)
@@ -36,26 +44,21 @@ from typing import Optional
 
 import torch
 from fairseq.data import data_utils
+from fairseq.models import FairseqIncrementalDecoder
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import losses
 from ..data.array_store import StoreError
+from ..data.distilled_corpus import check_summary
 from ..data.kd_dataset import KDLanguagePairDataset
-from ..teacher import TeacherEnsemble, check_files_exist, split_paths
+from ._kd_teacher import SoftTargets, TeacherConfig, TeacherTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationKDConfig(TranslationConfig):
-    teacher_path: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "fairseq checkpoint(s) of an online teacher, colon-separated for an "
-            "ensemble (probabilities are averaged); must share the target dictionary"
-        },
-    )
+class TranslationKDConfig(TeacherConfig, TranslationConfig):
     soft_labels: Optional[str] = field(
         default=None,
         metadata={
@@ -72,55 +75,64 @@ class TranslationKDConfig(TranslationConfig):
     )
 
 
-def check_distilled_meta(meta_path: str, split: str, dataset, src_dict, tgt_dict, fix: str) -> None:
-    """Raise ValueError unless the distilled corpus described by ``meta_path``
-    (``distill.<split>.json``) was made from ``dataset`` (the same sentences in the
-    same order: source and target sizes checksums) with ``src_dict`` / ``tgt_dict``."""
-    from ..data.array_store import dictionary_checksum, sizes_checksum
+@torch.no_grad()
+def decode(model, net_input, max_lens, eos, pad, sampling=False, temperature=1.0, topk=0):
+    """The student's translations of a batch's sources, B x T' (EOS included, pads after it).
 
-    with open(meta_path) as f:
-        meta = json.load(f)
-    other_split = "(another, reordered or refiltered split)"
-    made = {  # header field: (how the corpus differs, the value here)
-        "source_sizes_checksum": (f"from other source sentences than the data's {other_split}",
-                                  lambda: sizes_checksum(dataset.src_sizes)),
-        "target_sizes_checksum": (f"from other target sentences than the data's {other_split}",
-                                  lambda: sizes_checksum(dataset.tgt_sizes)),
-        "source_dictionary_checksum": ("with another source dictionary than the data's",
-                                       lambda: dictionary_checksum(src_dict)),
-        "target_dictionary_checksum": ("with another target dictionary than the data's",
-                                       lambda: dictionary_checksum(tgt_dict)),
-    }
-    missing = [key for key in made if key not in meta]
-    if missing:
-        raise ValueError(
-            f"{meta_path} was written by an older fairseq-kd-distill-corpus (no {', '.join(missing)}), "
-            f"so the distilled {split} split cannot be checked against the data: {fix}"
-        )
-    for key, (how, actual) in made.items():
-        here = actual()
-        if meta[key] != here:
-            raise ValueError(
-                f"the distilled {split} split was made {how}: {key} is {meta[key][:16]} in "
-                f"{meta_path}, {here[:16]} here; {fix}"
-            )
+    One step for all B sentences at a time with the decoder's incremental state
+    (fairseq's ``SequenceGenerator`` at beam 1 decodes the same words, but through
+    its beam bookkeeping, a list of hypotheses per sentence and one length limit for
+    the batch): the decoder starts from EOS, as fairseq's; sentence b ends at its
+    first EOS or is given EOS after ``max_lens[b]`` words. Pad is never chosen.
+
+    Args:
+        model: an encoder-decoder (``model.encoder``, ``model.decoder``); call in eval mode.
+        net_input: the batch's ``net_input`` (its ``prev_output_tokens`` is not used).
+        max_lens: B longs, the most words (EOS not counted) of each sentence.
+        sampling: sample each word from softmax(z / temperature) over the ``topk``
+            most likely words (0 = all; torch's global generator), else the argmax.
+    """
+    encoder_input = {k: v for k, v in net_input.items() if k != "prev_output_tokens"}
+    encoder_out = model.encoder(**encoder_input)
+    incremental_state = {} if isinstance(model.decoder, FairseqIncrementalDecoder) else None
+    B = max_lens.size(0)
+    tokens = max_lens.new_full((B, 1), eos)  # B x (1 + step): the decoder's input so far
+    finished = torch.zeros(B, dtype=torch.bool, device=max_lens.device)
+    for step in range(int(max_lens.max()) + 1):
+        logits = model.decoder(tokens, encoder_out=encoder_out, incremental_state=incremental_state)[0]
+        logits = logits[:, -1].float()  # B x V
+        logits[:, pad] = float("-inf")
+        if sampling:
+            logits = logits / temperature
+            ids = None
+            if 0 < topk < logits.size(-1):
+                logits, ids = logits.topk(topk, dim=-1)
+            word = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+            if ids is not None:
+                word = ids.gather(-1, word.unsqueeze(-1)).squeeze(-1)
+        else:
+            word = logits.argmax(-1)
+        word = word.masked_fill(max_lens.le(step), eos).masked_fill(finished, pad)
+        tokens = torch.cat([tokens, word.unsqueeze(-1)], dim=1)
+        finished |= word.eq(eos)
+        if finished.all():
+            break
+    return tokens[:, 1:]
 
 
 @register_task("translation_kd", dataclass=TranslationKDConfig)
-class TranslationKDTask(TranslationTask):
+class TranslationKDTask(TeacherTask, TranslationTask):
     cfg: TranslationKDConfig
 
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        self.teacher: Optional[TeacherEnsemble] = None
-        # An ensemble's store holds T log q at its dump temperature: exact at that --kd-temperature only.
+        # An ensemble's store holds T log q at its dump temperature, a sampled store its draws at
+        # that temperature: exact at that --kd-temperature only.
         self.soft_labels_temperature: Optional[float] = None
+        self.soft_labels_sampled = False
 
     @classmethod
-    def setup_task(cls, cfg: TranslationKDConfig, **kwargs):
-        # Fail before anything is trained or written when an input is missing.
-        if cfg.teacher_path:
-            check_files_exist(split_paths(cfg.teacher_path))
+    def check_kd_config(cls, cfg: TranslationKDConfig) -> None:
         for option, path in (("--soft-labels", cfg.soft_labels), ("--distilled-data", cfg.distilled_data)):
             if path and not os.path.isdir(path):
                 raise FileNotFoundError(f"{option} directory not found: {path}")
@@ -129,10 +141,6 @@ class TranslationKDTask(TranslationTask):
                 "translation_kd --soft-labels expects right-padded targets (soft-label rows are laid out from "
                 "target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
             )
-        task = super().setup_task(cfg, **kwargs)
-        if cfg.teacher_path:
-            task.teacher = TeacherEnsemble.from_checkpoints(cfg.teacher_path, task)
-        return task
 
     # ------------------------------------------------------------------ data
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -162,7 +170,9 @@ class TranslationKDTask(TranslationTask):
             return None
         store.check(dataset, self.tgt_dict)  # raises on any misalignment
         self.soft_labels_temperature = store.temperature
-        logger.info(f"soft labels for {split}: {self.cfg.soft_labels} (K={store.topk})")
+        self.soft_labels_sampled = store.sampled
+        logger.info(f"soft labels for {split}: {self.cfg.soft_labels} "
+                    + (f"({store.topk} draws at T={store.temperature:g})" if store.sampled else f"(K={store.topk})"))
         return store
 
     def _load_distilled(self, split, dataset):
@@ -198,7 +208,7 @@ class TranslationKDTask(TranslationTask):
                 f"distilled {split} split {prefix} has {len(distilled)} sentences, "
                 f"the data has {len(dataset)}: it was not made from this split; {rerun}"
             )
-        check_distilled_meta(meta_path, split, dataset, self.src_dict, self.tgt_dict, rerun)
+        check_summary(meta_path, split, dataset, self.src_dict, self.tgt_dict, rerun)
         logger.info(f"distilled targets for {split}: {prefix}")
         return distilled
 
@@ -206,53 +216,92 @@ class TranslationKDTask(TranslationTask):
     def has_teacher(self, sample) -> bool:
         return "soft_labels" in sample or self.teacher is not None
 
-    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0):
-        """The teacher's distribution at the target positions selected by ``mask``.
+    def teacher_is_topk(self) -> bool:
+        return bool(self.cfg.soft_labels)
 
-        Args:
-            sample: a batch; its ``soft_labels`` are used when present, else the
-                online teacher runs on ``sample["net_input"]``.
-            model: the student, whose device and dtype the online teacher follows.
-            mask: B x T booleans, the positions to distill (non-pad targets); None
-                returns every position's row, B*T of them, with
-                the teacher's NLL summed over the non-pad ones (no row gathering: the
-                caller weights the rows, which is cheaper for a full-vocabulary teacher).
-            temperature, topk: the criterion's options (see ``losses.soft_targets``).
+    def teacher_is_sampled(self) -> bool:
+        if not self.cfg.soft_labels:
+            return False
+        from ..data.soft_labels import SoftLabelStore
 
-        Returns:
-            ``(probs_T, ids_T, teacher_nll)``: N x K (or N x V) probabilities, their
-            N x K ids (or None), and the teacher's summed NLL of the gold words at
-            temperature 1 (None when only top-K logits are known); or None when
-            this batch has no teacher (e.g. validation with a soft-label store).
+        return SoftLabelStore(self.cfg.soft_labels).sampled  # the header and memory maps only
+
+    def has_distilled_targets(self) -> bool:
+        return bool(self.cfg.distilled_data)
+
+    def teacher_scores_any_prefix(self) -> bool:
+        return self.teacher is not None and not self.cfg.soft_labels
+
+    def on_policy_sample(
+        self, model, sample, sampling=False, temperature=1.0, topk=0, max_len_a=1.2, max_len_b=10
+    ) -> dict:
+        """The batch with the student's translations as targets (see ``TeacherTask``): ``decode``
+        in eval mode, then fairseq's layout, ``prev_output_tokens`` = EOS + the target shifted
+        right with its final EOS dropped (``collate(move_eos_to_beginning=True)``)."""
+        net_input = sample["net_input"]
+        eos, pad = self.tgt_dict.eos(), self.tgt_dict.pad()
+        max_lens = (max_len_a * net_input["src_lengths"].double() + max_len_b).long()  # int(), as fairseq
+        max_positions = getattr(model, "max_decoder_positions", lambda: None)()
+        if max_positions:
+            max_lens = max_lens.clamp(max=max_positions - 1)
+        training = model.training
+        model.eval()
+        try:
+            target = decode(model, net_input, max_lens, eos, pad, sampling, temperature, topk)
+        finally:
+            model.train(training)
+        shifted = target[:, :-1]
+        prev_output_tokens = torch.cat([target.new_full((target.size(0), 1), eos),
+                                        shifted.masked_fill(shifted.eq(eos), pad)], dim=1)
+        return {
+            "id": sample.get("id"),
+            "nsentences": target.size(0),
+            "ntokens": int(target.ne(pad).sum()),
+            "net_input": {**net_input, "prev_output_tokens": prev_output_tokens},
+            "target": target,
+        }
+
+    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0) -> SoftTargets:
+        """The teacher's distribution at the target positions selected by ``mask`` (B x T).
+
+        From the batch's ``soft_labels`` when it has them (``teacher_nll`` None), else from
+        the online teacher run on ``sample["net_input"]``; see ``TeacherTask``.
         """
+        return self._soft_targets(sample, model, mask, temperature, topk)
+
+    def teacher_soft_targets_all_rows(self, sample, model, temperature=1.0, topk=0) -> SoftTargets:
+        """Every position's row, B*T of them, pads included: a store's pad rows hold pad
+        ids and zero logits, an online teacher's are its outputs there; finite either way
+        (the caller weights them 0). ``teacher_nll`` is summed over the non-pad rows."""
+        return self._soft_targets(sample, model, None, temperature, topk)
+
+    def _soft_targets(self, sample, model, mask, temperature, topk) -> SoftTargets:
+        """Both ``teacher_soft_targets`` methods: the rows of ``mask``, or all rows when it is None."""
+        self.check_has_teacher(sample)
+
+        def rows(x):  # B x T x D -> N x D
+            return x.reshape(-1, x.size(-1)) if mask is None else x[mask]
+
         if "soft_labels" in sample:
             if self.soft_labels_temperature is not None and temperature != self.soft_labels_temperature:
+                what = ("words drawn from the teacher" if self.soft_labels_sampled
+                        else "an ensemble's probabilities averaged")
                 raise ValueError(
-                    f"--soft-labels {self.cfg.soft_labels} holds an ensemble's probabilities averaged at temperature "
+                    f"--soft-labels {self.cfg.soft_labels} holds {what} at temperature "
                     f"{self.soft_labels_temperature:g}, the criterion's is {temperature:g}: train with "
                     f"--kd-temperature {self.soft_labels_temperature:g}, or dump the store again with "
                     f"fairseq-kd-dump-soft-labels --temperature {temperature:g}"
                 )
-            ids_T, logits_T = sample["soft_labels"]["ids"], sample["soft_labels"]["logits"]  # B x T x K
-            if mask is None:  # pad rows hold pad ids and zero logits: finite, weighted 0 by the caller
-                ids_T, logits_T = ids_T.view(-1, ids_T.size(-1)), logits_T.view(-1, logits_T.size(-1))
-            else:
-                ids_T, logits_T = ids_T[mask], logits_T[mask]  # N x K
-            probs_T, ids_T = losses.topk_soft_targets(ids_T, logits_T, temperature, topk)
-            return probs_T, ids_T, None
-        if self.teacher is None:
-            return None
-        param = next(model.parameters())
-        self.teacher.follow(param.device, param.dtype)
+            if self.soft_labels_sampled and topk > 0:
+                raise ValueError(f"--soft-labels {self.cfg.soft_labels} holds draws from the teacher, not its top K: "
+                                 f"--kd-topk would bias them; remove --kd-topk")
+            soft_labels = sample["soft_labels"]  # ids, logits: B x T x K
+            probs_T, ids_T = losses.topk_soft_targets(
+                rows(soft_labels["ids"]), rows(soft_labels["logits"]), temperature, topk
+            )
+            return SoftTargets(probs_T, ids_T, None)
+        logits_T = [rows(z) for z in self.run_teacher(model, sample["net_input"])]  # M x [N x V]
         if mask is None:
-            logits_T = [z.view(-1, z.size(-1)) for z in self.teacher.logits(sample["net_input"])]  # M x [BT x V]
             gold = sample["target"].reshape(-1)
-            weight = gold.ne(self.target_dictionary.pad())
-        else:
-            logits_T = [z[mask] for z in self.teacher.logits(sample["net_input"])]  # M x [N x V]
-            gold = sample["target"][mask]
-            weight = None
-        # the logits are this call's own: q is written over them
-        probs_T, ids_T, nll = losses.teacher_targets(logits_T, gold, temperature, topk, overwrite=True)
-        teacher_nll = (nll if weight is None else nll * weight).sum()
-        return probs_T, ids_T, teacher_nll
+            return self.online_soft_targets(logits_T, gold, temperature, topk, gold.ne(self.tgt_dict.pad()))
+        return self.online_soft_targets(logits_T, sample["target"][mask], temperature, topk)

@@ -5,7 +5,8 @@ noised ``prev_target``); this task adds ``--teacher-path a.pt[:b.pt]``, an
 online autoregressive teacher (or ensemble) loaded and owned by the task,
 frozen, run under ``torch.no_grad()`` on the student's device and dtype, so
 that ``--criterion nat_word_kd`` can distill its word distributions into a
-NAT student (word-level KD, Kim & Rush 2016).
+NAT student (word-level KD, Kim & Rush 2016). The teacher and the interface
+the criterion asks (``teacher_soft_targets``) are ``_kd_teacher.TeacherTask``'s.
 
 Frames. ``translation_lev`` loads every split with ``prepend_bos=True``:
 
@@ -23,15 +24,13 @@ the teacher's distribution at step j - 1. Position 0 (``<s>``) has no teacher
 distribution; the NAT models never predict it (it is never masked).
 """
 import logging
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation_lev import TranslationLevenshteinConfig, TranslationLevenshteinTask
 
-from .. import losses
-from ..teacher import TeacherEnsemble, check_files_exist, split_paths
+from ._kd_teacher import SoftTargets, TeacherConfig, TeacherTask
 
 logger = logging.getLogger(__name__)
 
@@ -73,40 +72,23 @@ def teacher_net_input(sample, bos: int, eos: int, pad: int) -> dict:
 
 
 @dataclass
-class TranslationLevKDConfig(TranslationLevenshteinConfig):
-    teacher_path: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "fairseq checkpoint(s) of an autoregressive teacher trained with "
-            "--task translation on the same dictionaries, colon-separated for an "
-            "ensemble (probabilities are averaged)"
-        },
-    )
+class TranslationLevKDConfig(TeacherConfig, TranslationLevenshteinConfig):
+    """``translation_lev``'s options and ``--teacher-path`` (an autoregressive teacher)."""
 
 
 @register_task("translation_lev_kd", dataclass=TranslationLevKDConfig)
-class TranslationLevKDTask(TranslationLevenshteinTask):
+class TranslationLevKDTask(TeacherTask, TranslationLevenshteinTask):
     cfg: TranslationLevKDConfig
 
-    def __init__(self, cfg: TranslationLevKDConfig, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
-        self.teacher: Optional[TeacherEnsemble] = None
-
     @classmethod
-    def setup_task(cls, cfg: TranslationLevKDConfig, **kwargs):
+    def check_kd_config(cls, cfg: TranslationLevKDConfig) -> None:
         if cfg.teacher_path and cfg.left_pad_target:  # fail before training starts, not at a batch
             raise ValueError(
                 "translation_lev_kd expects right-padded targets that start with <s> (teacher_net_input reads "
                 "them from target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
             )
-        if cfg.teacher_path:
-            check_files_exist(split_paths(cfg.teacher_path))  # fail before training starts
-        task = super().setup_task(cfg, **kwargs)
-        if cfg.teacher_path:
-            task.teacher = TeacherEnsemble.from_checkpoints(cfg.teacher_path, task)
-        return task
 
-    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0):
+    def teacher_soft_targets(self, sample, model, mask, temperature=1.0, topk=0) -> SoftTargets:
         """The AR teacher's distribution at the NAT target positions selected by ``mask``.
 
         Args:
@@ -118,22 +100,15 @@ class TranslationLevKDTask(TranslationLevenshteinTask):
             temperature, topk: the criterion's options (``losses.soft_targets``).
 
         Returns:
-            ``(probs_T, ids_T, teacher_nll)`` for the N = mask.sum() positions in
-            row-major order: N x V (or N x K) probabilities, N x K ids or None,
-            and the teacher's summed NLL of the gold words at temperature 1;
-            None when the task has no teacher.
+            ``SoftTargets`` for the N = mask.sum() positions in row-major order:
+            N x V (or N x K) probabilities, N x K ids or None, and the teacher's
+            summed NLL of the gold words at temperature 1.
         """
-        if self.teacher is None:
-            return None
+        self.check_has_teacher(sample)
         if mask[:, 0].any():
             raise ValueError("no teacher distribution for <s> (target column 0): exclude it from the mask")
-        param = next(model.parameters())
-        self.teacher.follow(param.device, param.dtype)
         tgt = self.tgt_dict
         net_input = teacher_net_input(sample, tgt.bos(), tgt.eos(), tgt.pad())
         mask_T = mask[:, 1:]  # NAT position j <- teacher step j - 1
-        logits_T = [z[mask_T] for z in self.teacher.logits(net_input)]  # M x [N x V], this call's own
-        probs_T, ids_T, nll = losses.teacher_targets(
-            logits_T, sample["target"][mask], temperature, topk, overwrite=True
-        )
-        return probs_T, ids_T, nll.sum()
+        logits_T = [z[mask_T] for z in self.run_teacher(model, net_input)]  # M x [N x V], this call's own
+        return self.online_soft_targets(logits_T, sample["target"][mask], temperature, topk)

@@ -1,5 +1,5 @@
-"""NAT student presets (fairseq_kd/models/nat_students.py): registration, preset
-values, and CMLM / LevT students trained on a distilled corpus with the stock
+"""Levenshtein Transformer student presets (fairseq_kd/models/levt_kd.py): registration,
+preset values, and a LevT student trained on a distilled corpus with the stock
 ``--task translation_lev`` and decoded with iterative refinement."""
 import argparse
 import math
@@ -8,16 +8,9 @@ import pytest
 import utils
 
 PRESETS = {
-    "cmlm_kd_iwslt_de_en": ("cmlm_transformer", 1024, 4),
-    "cmlm_kd_wmt_en_de": ("cmlm_transformer", 2048, 8),
     "levt_kd_iwslt_de_en": ("levenshtein_transformer", 1024, 4),
     "levt_kd_wmt_en_de": ("levenshtein_transformer", 2048, 8),
 }
-
-
-@pytest.fixture(scope="module")
-def nat_data(tmp_path_factory):
-    return utils.make_nat_data(str(tmp_path_factory.mktemp("nat_students")))
 
 
 @pytest.mark.parametrize("arch", sorted(PRESETS))
@@ -27,6 +20,7 @@ def test_preset_is_registered_on_fairseqs_model_with_its_sizes(arch):
 
     model_name, ffn, heads = PRESETS[arch]
     assert ARCH_MODEL_REGISTRY[arch] is MODEL_REGISTRY[model_name]
+    assert ARCH_CONFIG_REGISTRY[arch].__module__ == "fairseq_kd.models.levt_kd"
     args = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[arch](args)
     assert (args.encoder_layers, args.decoder_layers) == (6, 6)
@@ -36,8 +30,7 @@ def test_preset_is_registered_on_fairseqs_model_with_its_sizes(arch):
     assert args.share_all_embeddings and args.apply_bert_init
     assert args.encoder_learned_pos and args.decoder_learned_pos
     assert args.dropout == 0.3
-    if model_name == "levenshtein_transformer":
-        assert args.early_exit == "6,6,6"
+    assert args.early_exit == "6,6,6"
 
 
 def test_command_line_values_override_the_preset():
@@ -55,17 +48,17 @@ def test_fairseqs_own_architectures_are_untouched():
     import fairseq_kd  # noqa: F401
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    for name in ("cmlm_transformer", "cmlm_transformer_wmt_en_de", "levenshtein_transformer"):
-        assert ARCH_CONFIG_REGISTRY[name].__module__.startswith("fairseq.models.nat")
+    assert ARCH_CONFIG_REGISTRY["levenshtein_transformer"].__module__.startswith("fairseq.models.nat")
 
 
-def _train_and_decode(nat_data, tmp_path, arch, noise, beam):
+def test_levt_student_trains_on_distilled_corpus_and_decodes(nat_data, tmp_path):
+    arch = "levt_kd_iwslt_de_en"
     save = str(tmp_path / arch)
     proc = utils.train(
         nat_data["distilled"], save, max_update=30,
         arch=["--arch", arch, *utils.TINY_NAT_SIZES],
         criterion=["--criterion", "nat_loss", "--label-smoothing", "0.1"],
-        extra=["--task", "translation_lev", "--noise", noise],
+        extra=["--task", "translation_lev", "--noise", "random_delete"],
     )
     logs = [r for r in utils.json_logs(proc.stdout + proc.stderr) if "word_ins" in r]
     assert logs, "no word_ins term logged"
@@ -73,15 +66,6 @@ def _train_and_decode(nat_data, tmp_path, arch, noise, beam):
     assert math.isfinite(last) and last < first
     hyps = utils.generate(
         nat_data["distilled"], f"{save}/checkpoint_last.pt",
-        extra=["--task", "translation_lev", "--iter-decode-max-iter", "4", "--iter-decode-with-beam", str(beam)],
+        extra=["--task", "translation_lev", "--iter-decode-max-iter", "4", "--iter-decode-with-beam", "1"],
     )
     assert len(hyps) == 20  # one hypothesis per test sentence (make_copy_task's n_test)
-    return hyps
-
-
-def test_cmlm_student_trains_on_distilled_corpus_and_mask_predict_decodes(nat_data, tmp_path):
-    _train_and_decode(nat_data, tmp_path, "cmlm_kd_iwslt_de_en", "random_mask", beam=2)
-
-
-def test_levt_student_trains_on_distilled_corpus_and_decodes(nat_data, tmp_path):
-    _train_and_decode(nat_data, tmp_path, "levt_kd_iwslt_de_en", "random_delete", beam=1)
