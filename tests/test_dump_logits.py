@@ -97,7 +97,7 @@ def dump_in_process(setup, out, split, align=None, extra=()):
 
     argv = ["--path", setup["teacher"], "--data", setup["teacher_data"], "--split", split, "--out", out, "--cpu",
             *extra] + (["--align-with", align] if align else [])
-    return dump_logits.main(dump_logits.get_parser().parse_args(argv))
+    return dump_logits.run(dump_logits.build_parser().parse_args(argv))
 
 
 def test_validation_errors(setup, tmp_path):

@@ -353,3 +353,48 @@ def make_nat_data(root: str, teacher_updates: int = 120) -> dict:
     distilled = os.path.join(root, "distilled")
     distill_corpus(data_bin, teacher, distilled)
     return {"bin": data_bin, "teacher": teacher, "distilled": distilled}
+
+
+def check_nat_preset(arch: str, model_name: str, ffn: int, heads: int, module: str):
+    """A NAT preset of the plugin: registered on fairseq's ``model_name`` by ``module``,
+    with the papers' 6+6 x 512 sizes, ``ffn`` / ``heads``, shared embeddings, BERT
+    init, learned positions and dropout 0.3. Returns the filled-in arguments."""
+    import argparse
+
+    import fairseq_kd  # noqa: F401
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    assert ARCH_MODEL_REGISTRY[arch] is MODEL_REGISTRY[model_name]
+    assert ARCH_CONFIG_REGISTRY[arch].__module__ == module
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY[arch](args)
+    assert (args.encoder_layers, args.decoder_layers) == (6, 6)
+    assert (args.encoder_embed_dim, args.decoder_embed_dim) == (512, 512)
+    assert (args.encoder_ffn_embed_dim, args.decoder_ffn_embed_dim) == (ffn, ffn)
+    assert (args.encoder_attention_heads, args.decoder_attention_heads) == (heads, heads)
+    assert args.share_all_embeddings and args.apply_bert_init
+    assert args.encoder_learned_pos and args.decoder_learned_pos
+    assert args.dropout == 0.3
+    return args
+
+
+def train_and_decode_nat(data: str, save: str, arch: str, noise: str, length_beam: int) -> None:
+    """A tiny NAT student of ``arch`` trained 30 updates on ``data`` with the stock
+    ``--task translation_lev`` (its word_ins loss falls) and decoded by fairseq-generate
+    with 4 refinement iterations: one hypothesis per test sentence."""
+    import math
+
+    proc = train(
+        data, save, max_update=30, arch=["--arch", arch, *TINY_NAT_SIZES],
+        criterion=["--criterion", "nat_loss", "--label-smoothing", "0.1"],
+        extra=["--task", "translation_lev", "--noise", noise],
+    )
+    logs = [r for r in json_logs(proc.stdout + proc.stderr) if "word_ins" in r]
+    assert logs, "no word_ins term logged"
+    first, last = float(logs[0]["word_ins"]), float(logs[-1]["word_ins"])
+    assert math.isfinite(last) and last < first
+    hyps = generate(
+        data, f"{save}/checkpoint_last.pt",
+        extra=["--task", "translation_lev", "--iter-decode-max-iter", "4", "--iter-decode-with-beam", str(length_beam)],
+    )
+    assert len(hyps) == 20  # one hypothesis per test sentence (make_copy_task's n_test)

@@ -29,7 +29,7 @@ from . import _common
 logger = logging.getLogger("fairseq_kd.cli.dump_logits")
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-kd-dump-logits",
         description="Store a teacher classifier's logits for every sentence of a binarized split.",
@@ -78,7 +78,7 @@ def class_symbols(label_dict, num_classes: int):
     return list(label_dict.symbols[label_dict.nspecial: label_dict.nspecial + num_classes])
 
 
-def main(args) -> dict:
+def run(args) -> dict:
     from fairseq import utils as fairseq_utils
 
     from ..data import array_store, logits_store
@@ -165,16 +165,18 @@ def main(args) -> dict:
                 n_labelled += int(labelled.sum())
                 n_correct += int((logits.argmax(-1).eq(target) & labelled).sum())
     header = array_store.finish(store)
-    accuracy = f"{100.0 * n_correct / n_labelled:.2f}% on {n_labelled} labelled" if n_labelled else "n/a"
-    print(
-        f"dumped teacher logits: {n} sentences x {num_classes} classes of split {args.split!r} -> {args.out} "
-        f"(teacher accuracy {accuracy} sentences written in this run)"
-    )
-    return header
+    return {**header, "labelled": n_labelled, "correct": n_correct, "num_classes": num_classes}
 
 
 def cli_main(argv=None) -> None:
-    _common.run_command(get_parser(), main, argv)  # StoreError and CheckpointError are ValueErrors
+    # StoreError and CheckpointError are ValueErrors
+    args, summary = _common.run_command(build_parser(), run, argv)
+    n, labelled = summary["sentences"], summary["labelled"]
+    accuracy = f"{100.0 * summary['correct'] / labelled:.2f}% on {labelled} labelled" if labelled else "n/a"
+    print(
+        f"dumped teacher logits: {n} sentences x {summary['num_classes']} classes of split {args.split!r} -> "
+        f"{args.out} (teacher accuracy {accuracy} sentences written in this run)"
+    )
 
 
 if __name__ == "__main__":
