@@ -292,9 +292,6 @@ class TranslationKDTask(TeacherTask, TranslationTask):
                     f"--kd-temperature {self.soft_labels_temperature:g}, or dump the store again with "
                     f"fairseq-kd-dump-soft-labels --temperature {temperature:g}"
                 )
-            if self.soft_labels_sampled and topk > 0:
-                raise ValueError(f"--soft-labels {self.cfg.soft_labels} holds draws from the teacher, not its top K: "
-                                 f"--kd-topk would bias them; remove --kd-topk")
             soft_labels = sample["soft_labels"]  # ids, logits: B x T x K
             probs_T, ids_T = losses.topk_soft_targets(
                 rows(soft_labels["ids"]), rows(soft_labels["logits"]), temperature, topk
