@@ -29,10 +29,22 @@ WHAT = {
     "cmlm_distill": "CMLM on distilled data",
     "cmlm_distill_kd": "CMLM distilled + nat_word_kd",
     "levt_distill": "Levenshtein Transformer, distilled",
+    "word_kd_reverse_kl": "word-KD, reverse KL",
+    "word_kd_jsd": "word-KD, JSD (beta 0.5)",
+    "word_kd_skew_forward_kl": "word-KD, skew forward KL (0.1)",
+    "word_kd_skew_reverse_kl": "word-KD, skew reverse KL (0.1)",
+    "word_kd_tvd": "word-KD, total variation",
+    "word_kd_select_batch": "word-KD, selection batch (r 0.5)",
+    "word_kd_select_global": "word-KD, selection global (r 0.5)",
+    "word_kd_on_policy": "word-KD, on-policy (lambda 0.5)",
+    "word_kd_topk8": "word-KD, online teacher top-8",
+    "store_topk8": "word-KD from the teacher's top-8 store",
+    "store_sampled12": "word-KD from the teacher's 12-sample store",
 }
 BASELINE_OF = {
     "word_kd": "baseline", "seq_kd": "baseline", "seq_inter": "baseline", "seq_word_kd": "baseline",
-    "seq_interp": "baseline", "cmlm_distill": "cmlm_raw", "cmlm_distill_kd": "cmlm_raw", "levt_distill": "cmlm_raw",
+    "seq_interp": "baseline", **{k: "baseline" for k in WHAT if k.startswith(("word_kd_", "store_"))},
+    "cmlm_distill": "cmlm_raw", "cmlm_distill_kd": "cmlm_raw", "levt_distill": "cmlm_raw",
 }
 SETTING_NAME = {"b1": "beam 1", "b5": "beam 5", "i4": "4 iterations", "i10": "10 iterations"}
 

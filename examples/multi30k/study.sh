@@ -13,6 +13,13 @@
 #   cmlm_distill   the same on the beam-5 distilled data (SEEDS)
 #   cmlm_distill_kd  + nat_word_kd from the teacher
 #   levt_distill   Levenshtein Transformer (2+2 x 128) on the distilled data
+#   word_kd_reverse_kl word_kd_jsd word_kd_skew_forward_kl word_kd_skew_reverse_kl word_kd_tvd
+#                  word_kd_select_batch word_kd_select_global word_kd_on_policy
+#                  word-KD with one objective changed (--kd-divergence, --kd-selection,
+#                  --kd-on-policy-ratio; the papers' settings), not in the default MODELS
+#   word_kd_topk8 store_topk8 store_sampled12
+#                  word-KD from the online teacher's top 8, from its top-8 soft-label store and from
+#                  its 12-sample store (fairseq-kd-dump-soft-labels), not in the default MODELS
 #   bert_kd        the BERT (C-MLM MiniLM) teacher's top-K store -> student, with its own
 #                  WordPiece baseline (scripts/quickstart_bert.sh at this study's budgets)
 #
@@ -55,6 +62,7 @@ CPU=${CPU---cpu}
 SEEDS=${SEEDS:-1 2}
 MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_raw cmlm_distill cmlm_distill_kd levt_distill}
 KD_GRID=${KD_GRID:-0.5:1}
+KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
 TEST_SETS=${TEST_SETS:-}
 JOBS=${JOBS:-2}
@@ -120,6 +128,34 @@ corpus() {
   fi
 }
 
+# store NAME ARGS...: the teacher's soft labels of the training set (fairseq-kd-dump-soft-labels).
+store() {
+  local name=$1; shift
+  [ -f "$WORK/$name/header.json" ] && return
+  stamp "dumping the teacher's soft labels of the training set: $name"
+  OMP_NUM_THREADS=$THREADS fairseq-kd-dump-soft-labels "$DATA" --path "$T" --subset train --out "$WORK/$name" \
+    $CPU "$@" > "$WORK/$name.log" 2>&1 || { tail -20 "$WORK/$name.log"; return 1; }
+}
+
+# kd_variant ROW: the word_kd options of a word_kd_* / store_* row (alpha KD_ALPHA, T 1 for all;
+# each one changes one thing against the word_kd row, with the papers' default settings).
+kd_variant() {
+  case $1 in
+    word_kd_reverse_kl) echo "--teacher-path $T --kd-divergence reverse_kl" ;;
+    word_kd_jsd) echo "--teacher-path $T --kd-divergence jsd --kd-beta 0.5" ;;          # Agarwal et al. 2024
+    word_kd_skew_forward_kl) echo "--teacher-path $T --kd-divergence skew_forward_kl --kd-skew 0.1" ;;  # DistiLLM
+    word_kd_skew_reverse_kl) echo "--teacher-path $T --kd-divergence skew_reverse_kl --kd-skew 0.1" ;;
+    word_kd_tvd) echo "--teacher-path $T --kd-divergence tvd" ;;
+    word_kd_select_batch) echo "--teacher-path $T --kd-selection batch --kd-selection-ratio 0.5" ;;   # Wang et al. 2021
+    word_kd_select_global) echo "--teacher-path $T --kd-selection global --kd-selection-ratio 0.5 --kd-selection-queue 30000" ;;
+    word_kd_on_policy) echo "--teacher-path $T --kd-on-policy-ratio 0.5" ;;            # GKD, greedy
+    word_kd_topk8) echo "--teacher-path $T --kd-topk 8" ;;
+    store_topk8) echo "--soft-labels $WORK/store_topk8" ;;
+    store_sampled12) echo "--soft-labels $WORK/store_sampled12" ;;
+    *) echo "study: unknown model $1" >&2; return 2 ;;
+  esac
+}
+
 # Jobs: at most $JOBS at once; a failed job fails the stage.
 pids=()
 spawn() {
@@ -156,6 +192,9 @@ student() {
         train "$m.a$a" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
           --distilled-data "$WORK/distill" --criterion seq_kd --kd-alpha "$a" --label-smoothing 0.1
       done ;;
+    word_kd_*|store_*) train "$m" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
+      --criterion word_kd --label-smoothing 0.1 --report-accuracy --kd-alpha "$KD_ALPHA" --kd-temperature 1 \
+      $(kd_variant "$row") ;;
     cmlm_raw) train "$m" "$DATA" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en --noise random_mask ;;
     cmlm_distill) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en \
       --noise random_mask ;;
@@ -186,6 +225,8 @@ if [[ " $STAGES " == *" train "* ]]; then
   has seq_kd || has seq_word_kd || has seq_interp || has cmlm_distill || has cmlm_distill_kd \
     || has levt_distill && spawn corpus distill
   has seq_inter && spawn corpus seqinter --nbest 5 --select seq-inter
+  has store_topk8 && spawn store store_topk8 --topk 8
+  has store_sampled12 && spawn store store_sampled12 --store sampled --samples 12 --temperature 1
   join
   for row in $MODELS; do needs_teacher "$row" || continue
     for s in $(seeds_of "$row"); do spawn student "$row" "$s"; done
