@@ -20,6 +20,16 @@ STUDENT = (
 )
 
 
+def add_training_arguments(parser, updates=60, max_tokens=4096):
+    """The options :func:`train_wps` and :func:`alternate_runs` read from ``args``."""
+    parser.add_argument("--updates", type=int, default=updates, help="updates per training run")
+    parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating fairseq-train runs of each criterion")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="batch size in tokens")
+    parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+
+
 def train_wps(data, criterion_args, args):
     """(median words/s of fairseq-train's log intervals after the first, median words/batch).
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from _common import REPO, STUDENT, alternate_runs
+from _common import REPO, add_training_arguments, alternate_runs
 
 sys.path.insert(0, REPO)
 
@@ -120,14 +120,9 @@ def main():
     parser.add_argument("data", help="binarized translation data (fairseq-preprocess output)")
     parser.add_argument("--prior", help="a prior store for DATA's target dictionary (default: random, k=256)")
     parser.add_argument("--target-lang", help="target language of DATA (default: from its dict.*.txt files)")
-    parser.add_argument("--updates", type=int, default=60, help="updates per training run")
-    parser.add_argument("--repeats", type=int, default=2, help="fairseq-train runs per criterion, alternating (0: skip)")
-    parser.add_argument("--log-interval", type=int, default=10, help="updates per words/s measurement")
-    parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
-    parser.add_argument("--student-args", default=STUDENT, help="model arguments of the student")
+    add_training_arguments(parser, max_tokens=2048)
     parser.add_argument("--d2gpo-args", default="",
                         help='extra arguments of the d2gpo runs, e.g. "--d2gpo-student-temperature 2"')
-    parser.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
     parser.add_argument("--step-rounds", type=int, default=5,
                         help="rounds of the in-process forward+backward comparison (0: skip)")
     parser.add_argument("--memory-vocab", type=int, default=32000, help="V of the memory comparison (0: skip)")

@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-from _common import STUDENT, alternate_runs
+from _common import add_training_arguments, alternate_runs
 
 # name -> the word_kd options of that run (every run: --kd-alpha 0.5, label smoothing 0.1)
 OBJECTIVES = {
@@ -38,12 +38,7 @@ def main():
     parser.add_argument("--teacher", required=True, help="teacher checkpoint sharing the student's dictionaries")
     parser.add_argument("--only", default=",".join(OBJECTIVES),
                         help=f"comma-separated objectives to time (forward_kl always runs); of {', '.join(OBJECTIVES)}")
-    parser.add_argument("--updates", type=int, default=40, help="updates per run")
-    parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each objective")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="batch size in tokens")
-    parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    add_training_arguments(parser, updates=40)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     names = ["forward_kl"] + [n for n in args.only.split(",") if n and n != "forward_kl"]

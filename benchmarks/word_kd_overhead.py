@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-from _common import REPO, STUDENT, alternate_runs
+from _common import REPO, add_training_arguments, alternate_runs
 
 
 def teacher_forward_ms(data, args):
@@ -117,13 +117,8 @@ def main():
                         "teacher)")
     parser.add_argument("--store-args", default="", help="more word_kd options of the store run, e.g. "
                         "'--kd-temperature 10 --kd-topk 8' for a C-MLM store (not with --step-rounds)")
-    parser.add_argument("--updates", type=int, default=60, help="updates per run")
-    parser.add_argument("--log-interval", type=int, default=10, help="updates per timed interval")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each criterion")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="batch size in tokens")
-    parser.add_argument("--student-args", default=STUDENT, help="student architecture arguments")
+    add_training_arguments(parser)
     parser.add_argument("--teacher-batches", type=int, default=20, help="batches timed for the teacher forward")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
     parser.add_argument("--fp16", action="store_true", help="train with fairseq-train --fp16 (GPU) and time the "
                         "teacher forward in float16 (not with --step-rounds)")
     parser.add_argument("--json", help="also write the figures to this JSON file")

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from .errors import MissingFileError
+
 
 def fairseq_checkpoint_globals() -> List[object]:
     """The non-tensor types a fairseq checkpoint may pickle."""
@@ -75,7 +77,7 @@ def check_file(path: str, what: str = "checkpoint", fix: str = FROM_TRAIN) -> No
     if os.path.isdir(path):
         raise CheckpointError(f"{what} {path} is a directory, not a checkpoint file: {fix}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_MAGIC))
     if not head:

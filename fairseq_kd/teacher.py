@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .errors import MissingFileError, UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def check_files_exist(paths: Sequence[str], what: str = "teacher checkpoint") ->
 
     for path in paths:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{what} not found: {path}")
+            raise MissingFileError(f"{what} not found: {path}")
         read_fairseq_checkpoint(path, what)
 
 
@@ -108,10 +110,10 @@ def check_teacher_dictionary(path: str, state: dict, tgt_dict, src_dict=None) ->
         if dict_path and os.path.isfile(dict_path):
             message = dictionary_mismatch(Dictionary.load(dict_path), student_dict)
             if message:
-                raise ValueError(f"{path}: {side} dictionaries differ: {message} (teacher: {dict_path}); {fix}")
+                raise UsageError(f"{path}: {side} dictionaries differ: {message} (teacher: {dict_path}); {fix}")
             continue
         if rows is not None and rows != len(student_dict):
-            raise ValueError(
+            raise UsageError(
                 f"{path}: {side} dictionaries differ: teacher dictionary has {rows} symbols, student dictionary has "
                 f"{len(student_dict)} (the teacher's data directory is gone, so only sizes were compared); {fix}"
             )
@@ -166,13 +168,13 @@ def load_teacher(
 
     files = split_paths(paths) if isinstance(paths, str) else [p for p in paths if p]
     if not files:
-        raise ValueError(f"no {what} given: --path is empty")
+        raise UsageError(f"no {what} given: --path is empty")
     check_files_exist(files, what)
     if task is None:
         if data is None:
             raise TypeError("load_teacher needs task= (the student's) or data= (a data directory)")
         if not os.path.isdir(data):
-            raise FileNotFoundError(f"data directory not found: {data}")
+            raise MissingFileError(f"data directory not found: {data}")
         overrides = {"data": data, **{key: None for key in TEACHER_KD_OPTIONS}, **(overrides or {})}
     models = []
     for path in files:

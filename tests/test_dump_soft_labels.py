@@ -185,8 +185,8 @@ def test_student_refuses_a_store_of_other_data(setup, store3, tmp_path):
     proc = utils.train(other_bin, str(tmp_path / "s"), max_update=2, criterion=(), check=False, extra=[
         "--task", "translation_kd", "--soft-labels", store3[0], "--criterion", "word_kd",
     ])
-    assert proc.returncode != 0
-    assert "does not match the train split and dictionary it is used with: sentences is 120 in the store, 100 here" in proc.stderr
+    utils.usage_error(proc, "does not match the train split and dictionary it is used with: sentences is 120 in the "
+                            "store, 100 here")
 
 
 def test_an_lstm_student_distills_from_the_store(setup, store3):

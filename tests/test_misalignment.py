@@ -144,8 +144,7 @@ def test_training_refuses_a_soft_label_store_of_another_split(tiny_data, tmp_pat
     save = str(tmp_path / "student")
     proc = utils.train(tiny_data, save, max_update=5, criterion=KD_ARGS, check=False,
                        extra=["--soft-labels", store])
-    assert proc.returncode != 0
-    line = one_line(proc.stderr, "was dumped for the 'valid' split")
+    line = utils.usage_error(proc, "was dumped for the 'valid' split")
     assert "the training split (--train-subset) is 'train'" in line
     assert "fairseq-kd-dump-soft-labels ... --subset train" in line
     assert nothing_finished(save)
@@ -199,8 +198,7 @@ def test_the_same_refusal_from_fairseq_train(variants, distilled, tmp_path):
     proc = utils.train(variants["shuffled"], save, max_update=5, check=False,
                        criterion=["--task", "translation_kd", "--criterion", "seq_kd", "--label-smoothing", "0.1",
                                   "--kd-alpha", "0.5"], extra=["--distilled-data", distilled])
-    assert proc.returncode != 0
-    one_line(proc.stderr, "the distilled train split was made from other source sentences", "re-run")
+    utils.usage_error(proc, "the distilled train split was made from other source sentences", "re-run")
     assert nothing_finished(save)
 
 
@@ -296,8 +294,7 @@ def test_teacher_with_another_source_dictionary_is_refused(tiny_data, variants, 
     save = str(tmp_path / "student")
     proc = utils.train(tiny_data, save, max_update=5, criterion=KD_ARGS, check=False,
                        extra=["--teacher-path", other_source_teachers[teacher]])
-    assert proc.returncode != 0
-    line = one_line(proc.stderr, f"{other_source_teachers[teacher]}: source dictionaries differ: "
+    line = utils.usage_error(proc, f"{other_source_teachers[teacher]}: source dictionaries differ: "
                                  f"teacher dictionary has {len(d_T)} symbols, student dictionary has {len(d_S)}")
     if teacher == "permuted_src":
         assert len(d_T) == len(d_S)

@@ -213,8 +213,7 @@ def test_missing_teacher_is_a_clear_error_and_writes_nothing(tiny_data, tmp_path
         tiny_data, str(save), criterion=KD_ARGS, check=False,
         extra=["--teacher-path", str(tmp_path / "nope.pt")],
     )
-    assert proc.returncode != 0
-    assert f"teacher checkpoint not found: {tmp_path / 'nope.pt'}" in proc.stderr
+    utils.usage_error(proc, f"teacher checkpoint not found: {tmp_path / 'nope.pt'}")
     assert not save.exists() or not any(save.iterdir())
 
 
@@ -244,4 +243,4 @@ def test_word_kd_needs_a_kd_task(tiny_data, tmp_path):
         tiny_data, str(tmp_path / "s"), check=False,
         criterion=["--task", "translation", "--criterion", "word_kd"],
     )
-    assert proc.returncode != 0 and "needs --task translation_kd" in proc.stderr
+    utils.usage_error(proc, "needs --task translation_kd")

@@ -65,6 +65,20 @@ def run(args: Sequence[str], check: bool = True, cwd: Optional[str] = None, env=
     return proc
 
 
+def usage_error(proc: subprocess.CompletedProcess, *parts: str) -> str:
+    """The refusal of a command, as the plugin ends every one (fairseq-train included):
+    exit status 2, no traceback, and ONE stderr line ``<prog>: error: ...`` holding every
+    one of ``parts``; returns that line."""
+    where = f"\n--- stdout ---\n{proc.stdout[-2000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 2, f"exit status {proc.returncode}, not 2{where}"
+    assert "Traceback" not in proc.stderr, f"a traceback, not a one-line error{where}"
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, f"{len(lines)} error lines, not one{where}"
+    missing = [p for p in parts if p not in lines[0]]
+    assert not missing, f"the error line lacks {missing}: {lines[0]}"
+    return lines[0]
+
+
 def make_copy_task(
     path: str,
     src: str = "src",

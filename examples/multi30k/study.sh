@@ -77,7 +77,6 @@ START=$(date +%s)
 stamp() { echo "study [$(( $(date +%s) - START ))s]: $*"; }
 first_seed=${SEEDS%% *}
 
-WORK=$TEXT bash examples/multi30k/prepare.sh "$DATA"  # its text and BPE codes go to $TEXT, not the study's $WORK
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 200
@@ -128,13 +127,16 @@ corpus() {
   fi
 }
 
-# store NAME ARGS...: the teacher's soft labels of the training set (fairseq-kd-dump-soft-labels).
+# store NAME ARGS...: the teacher's soft labels of the training set (fairseq-kd-dump-soft-labels)
+# in $WORK/stores/NAME; a killed dump resumes.
 store() {
-  local name=$1; shift
-  [ -f "$WORK/$name/header.json" ] && return
+  local name=$1 dir=$WORK/stores; shift
+  [ -f "$dir/$name/header.json" ] && return
+  mkdir -p "$dir"
   stamp "dumping the teacher's soft labels of the training set: $name"
-  OMP_NUM_THREADS=$THREADS fairseq-kd-dump-soft-labels "$DATA" --path "$T" --subset train --out "$WORK/$name" \
-    $CPU "$@" > "$WORK/$name.log" 2>&1 || { tail -20 "$WORK/$name.log"; return 1; }
+  OMP_NUM_THREADS=$THREADS fairseq-kd-dump-soft-labels "$DATA" --path "$T" --subset train --out "$dir/$name" \
+    $CPU "$@" >> "$dir/$name.log" 2>&1 || { tail -20 "$dir/$name.log"; return 1; }
+  stamp "$name: $(tail -1 "$dir/$name.log")"
 }
 
 # kd_variant ROW: the word_kd options of a word_kd_* / store_* row (alpha KD_ALPHA, T 1 for all;
@@ -150,8 +152,8 @@ kd_variant() {
     word_kd_select_global) echo "--teacher-path $T --kd-selection global --kd-selection-ratio 0.5 --kd-selection-queue 30000" ;;
     word_kd_on_policy) echo "--teacher-path $T --kd-on-policy-ratio 0.5" ;;            # GKD, greedy
     word_kd_topk8) echo "--teacher-path $T --kd-topk 8" ;;
-    store_topk8) echo "--soft-labels $WORK/store_topk8" ;;
-    store_sampled12) echo "--soft-labels $WORK/store_sampled12" ;;
+    store_topk8) echo "--soft-labels $WORK/stores/topk8" ;;
+    store_sampled12) echo "--soft-labels $WORK/stores/sampled12" ;;
     *) echo "study: unknown model $1" >&2; return 2 ;;
   esac
 }
@@ -210,7 +212,17 @@ student() {
   esac
 }
 
+# Every row of MODELS is known before anything runs.
+for row in $MODELS; do
+  case $row in
+    baseline|word_kd|seq_kd|seq_inter|seq_word_kd|seq_interp|cmlm_raw|cmlm_distill|cmlm_distill_kd|levt_distill|teacher|bert_kd) ;;
+    *) kd_variant "$row" > /dev/null || exit 2 ;;
+  esac
+done
+
 needs_teacher() { case $1 in baseline|cmlm_raw|bert_kd) return 1 ;; esac; return 0; }
+
+WORK=$TEXT bash examples/multi30k/prepare.sh "$DATA"  # its text and BPE codes go to $TEXT, not the study's $WORK
 
 # ------------------------------------------------------------------ training
 if [[ " $STAGES " == *" train "* ]]; then
@@ -225,8 +237,8 @@ if [[ " $STAGES " == *" train "* ]]; then
   has seq_kd || has seq_word_kd || has seq_interp || has cmlm_distill || has cmlm_distill_kd \
     || has levt_distill && spawn corpus distill
   has seq_inter && spawn corpus seqinter --nbest 5 --select seq-inter
-  has store_topk8 && spawn store store_topk8 --topk 8
-  has store_sampled12 && spawn store store_sampled12 --store sampled --samples 12 --temperature 1
+  has store_topk8 && spawn store topk8 --topk 8
+  has store_sampled12 && spawn store sampled12 --store sampled --samples 12 --temperature 1
   join
   for row in $MODELS; do needs_teacher "$row" || continue
     for s in $(seeds_of "$row"); do spawn student "$row" "$s"; done

@@ -10,6 +10,7 @@ import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 from ..data.atomic import atomic_open
+from ..errors import EXIT_USER_ERROR, MissingFileError, usage_exit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +35,6 @@ def setup_logging() -> None:
     )
 
 
-EXIT_USER_ERROR = 2  # argparse's status for a usage error: every fairseq-kd-* command's for bad input
 
 
 def run_command(
@@ -57,9 +57,7 @@ def run_command(
     try:
         return args, run(args)
     except errors as e:
-        text = message(args, e) if message else str(e)
-        text = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
-        print(f"{parser.prog}: error: {text}", file=sys.stderr)
+        usage_exit(parser.prog, e, message(args, e) if message else None)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -78,7 +76,7 @@ def input_file(path: str, what: str) -> str:
     if os.path.isdir(path):
         raise ValueError(f"{what} {path} is a directory: give a file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     return path
 
 

@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..data import bert_io
 from ..data.atomic import atomic_open
 from . import _common
+from ..errors import MissingFileError
 
 logger = logging.getLogger("fairseq_kd.cli.augment")
 
@@ -56,7 +57,7 @@ class LexiconTagger:
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--pos-lexicon not found: {path}")
+            raise MissingFileError(f"--pos-lexicon not found: {path}")
         self.path, self.lexicon = path, {}
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):

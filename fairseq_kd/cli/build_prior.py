@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..data import array_store, bert_io, prior, word_vectors
+from ..errors import MissingFileError
 from ._common import check_minimums, input_file, progress, record_run, run_command
 
 logger = logging.getLogger("fairseq_kd.cli.build_prior")
@@ -100,7 +101,7 @@ def bert_embeddings(path: str, dictionary):
     from tokenizers import BertWordPieceTokenizer
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--bert {path} is not a directory: give a BERT checkpoint directory")
+        raise MissingFileError(f"--bert {path} is not a directory: give a BERT checkpoint directory")
     vocab = bert_io.vocab_file(path)
     table = bert_io.read_word_embeddings(path)[0].float()  # W x d
     lowercase = bert_io.is_uncased(vocab)

@@ -43,6 +43,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..data import alignment
 from ..data.atomic import atomic_open
+from ..errors import MissingFileError
 
 logger = logging.getLogger("fairseq_kd.cli.data_stats")
 
@@ -112,7 +113,7 @@ class TextCorpus:
 
     def __init__(self, path: str, remove_bpe: str = "none", lowercase: bool = False, limit: int = 0):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"corpus file not found: {path}")
+            raise MissingFileError(f"corpus file not found: {path}")
         self.path, self.remove_bpe, self.lowercase, self.limit = path, remove_bpe, lowercase, limit
         self._len: Optional[int] = None
 
@@ -165,7 +166,7 @@ def resolve_files(args):
     if args.dir:
         meta_path = os.path.join(args.dir, f"distill.{args.subset}.json")
         if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: DIR must be a fairseq-kd-distill-corpus output")
+            raise MissingFileError(f"{meta_path} not found: DIR must be a fairseq-kd-distill-corpus output")
         src, tgt = _languages(meta_path)
         base = os.path.join(args.dir, args.subset)
         return f"{base}.{src}", f"{base}.{tgt}.gold", f"{base}.{tgt}"

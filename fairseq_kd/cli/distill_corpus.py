@@ -53,6 +53,7 @@ import time
 from typing import Optional, Sequence
 
 from ..data import distilled_corpus
+from ..errors import MissingFileError
 from ..generation import SELECT, add_generation_args, decode, generation_config, range_dataset, select_targets, \
     sentence_bleu_scorer
 
@@ -80,7 +81,7 @@ def run(args) -> dict:
     check_shard(shard.num_shards, shard.shard_id)
     device, dtype = device_and_dtype(args, shard.local_rank)
     if not os.path.isdir(args.data):
-        raise FileNotFoundError(f"data directory not found: {args.data}")
+        raise MissingFileError(f"data directory not found: {args.data}")
 
     teacher = load_teacher(args.path, data=args.data, device=device, dtype=dtype, generation=True)
     models, task = teacher.models, teacher.task
@@ -88,7 +89,7 @@ def run(args) -> dict:
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
     prefix, _pair = distilled_corpus.split_prefix(args.data, args.subset, src, tgt)
     if not (os.path.exists(prefix + tgt + ".idx") and os.path.exists(prefix + tgt + ".bin")):
-        raise FileNotFoundError(f"{prefix}{tgt}.{{bin,idx}} not found: distillation needs the reference targets")
+        raise MissingFileError(f"{prefix}{tgt}.{{bin,idx}} not found: distillation needs the reference targets")
     impl = task.cfg.dataset_impl or indexed_dataset.infer_dataset_impl(prefix + src)
     if impl not in ("mmap", "lazy", "cached"):
         raise ValueError(f"{prefix}{src}: dataset format {impl!r} is not supported (binarize with fairseq-preprocess)")

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..data.atomic import atomic_open
+from ..errors import MissingFileError
 from ..generation import add_generation_args, decode, generation_config
 from ..teacher import load_teacher
 from ._common import add_device_arguments, device_and_dtype, progress
@@ -130,7 +131,7 @@ def run(args) -> dict:
     check_minimums(args, {"beam": 1, "max_tokens": 1, "batch_size": 1, "latency_sentences": 0,
                           "iter_decode_max_iter": 0, "iter_decode_with_beam": 1})
     if not os.path.isdir(args.data):
-        raise FileNotFoundError(f"data directory not found: {args.data}")
+        raise MissingFileError(f"data directory not found: {args.data}")
     metrics = [m for m in args.metrics]
     for m in metrics:
         if m not in METRICS:

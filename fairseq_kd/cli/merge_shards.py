@@ -28,6 +28,7 @@ import os
 from typing import Optional, Sequence
 
 from ..data import distilled_corpus, parts, soft_labels
+from ..errors import MissingFileError
 
 logger = logging.getLogger("fairseq_kd.cli.merge_shards")
 
@@ -42,7 +43,7 @@ def find_parts(out: str, subset: str):
     candidates = (distilled_corpus.output(out, subset), out)
     target = next((t for t in candidates if os.path.isdir(parts.parts_dir(t))), None)
     if target is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no parts to merge: neither {parts.parts_dir(candidates[0])} (fairseq-kd-distill-corpus shards) "
             f"nor {parts.parts_dir(candidates[1])} (fairseq-kd-dump-soft-labels shards) exists"
         )

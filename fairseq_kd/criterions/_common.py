@@ -24,6 +24,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from .. import losses
+from ..errors import UsageError
 
 
 @dataclass
@@ -111,7 +112,7 @@ def summed_data(loss):
 def check_weight(option: str, value: float) -> None:
     """Raise unless an interpolation weight (``--kd-alpha`` ...) is in [0, 1]."""
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{option} must be in [0, 1], got {value}")
+        raise UsageError(f"{option} must be in [0, 1], got {value}")
 
 
 def check_divergence(divergence: str, beta: float, skew: float, topk_teacher: bool) -> None:
@@ -119,13 +120,13 @@ def check_divergence(divergence: str, beta: float, skew: float, topk_teacher: bo
     outside [0, 1], ``--kd-skew`` outside [0, 1), or the reverse KL (``losses.needs_full_teacher``)
     against a teacher known on its top K words only (a store or ``--kd-topk``)."""
     if str(divergence) not in losses.DIVERGENCES:
-        raise ValueError(f"--kd-divergence {divergence} is unknown: use one of {', '.join(losses.DIVERGENCES)}")
+        raise UsageError(f"--kd-divergence {divergence} is unknown: use one of {', '.join(losses.DIVERGENCES)}")
     check_weight("--kd-beta", beta)
     if not 0.0 <= skew < 1.0:
-        raise ValueError(f"--kd-skew must be in [0, 1), got {skew} (a skew of 1 compares a distribution with itself)")
+        raise UsageError(f"--kd-skew must be in [0, 1), got {skew} (a skew of 1 compares a distribution with itself)")
     if topk_teacher and losses.needs_full_teacher(str(divergence), beta, skew):
         setting = {"jsd": " --kd-beta 1", "skew_reverse_kl": " --kd-skew 0"}.get(str(divergence), "")
-        raise ValueError(
+        raise UsageError(
             f"--kd-divergence {divergence}{setting} is the reverse KL, infinite against a top-K teacher "
             "(--soft-labels or --kd-topk > 0): use an online teacher with --kd-topk 0, or jsd with --kd-beta < 1, "
             "skew_reverse_kl with --kd-skew > 0, or tvd"
@@ -137,11 +138,11 @@ def check_sampled_teacher(divergence: str, topk: int) -> None:
     with the forward KL (cross-entropy), which is linear in the teacher's q, and all its
     draws (``losses.sampled_soft_targets``)."""
     if divergence != "forward_kl":
-        raise ValueError(f"--kd-divergence {divergence} is not linear in the teacher's distribution, so the draws of a "
+        raise UsageError(f"--kd-divergence {divergence} is not linear in the teacher's distribution, so the draws of a "
                          "sampled store (--store sampled) do not estimate it without bias: use forward_kl, or a "
                          "top-K store / an online teacher")
     if topk > 0:
-        raise ValueError("a sampled store holds draws from the teacher, not its top K: --kd-topk would bias them; "
+        raise UsageError("a sampled store holds draws from the teacher, not its top K: --kd-topk would bias them; "
                          "remove --kd-topk")
 
 

@@ -48,6 +48,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 
 from .. import losses
+from ..errors import UsageError
 from ..data import prior
 from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2
 
@@ -93,14 +94,14 @@ class D2GPoCriterion(LabelSmoothedBaseCriterion):
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not d2gpo_prior:
-            raise ValueError("--criterion d2gpo needs --d2gpo-prior DIR (written by fairseq-kd-build-prior)")
+            raise UsageError("--criterion d2gpo needs --d2gpo-prior DIR (written by fairseq-kd-build-prior)")
         check_weight("--kd-alpha", kd_alpha)
         if d2gpo_temperature <= 0 or d2gpo_student_temperature <= 0:
-            raise ValueError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
+            raise UsageError("--d2gpo-temperature and --d2gpo-student-temperature must be > 0")
         # Raises StoreError naming the store when it was built for another dictionary.
         self.prior = prior.load(d2gpo_prior, task.target_dictionary)
         if d2gpo_topk > self.prior.k:
-            raise ValueError(
+            raise UsageError(
                 f"--d2gpo-topk {d2gpo_topk} is larger than k = {self.prior.k}, the candidates per word of the "
                 f"prior store {d2gpo_prior}: use --d2gpo-topk {self.prior.k} or less (0 = all {self.prior.k}), "
                 f"or rebuild the prior with fairseq-kd-build-prior --topk {d2gpo_topk}"

@@ -29,6 +29,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from .. import losses
+from ..errors import UsageError
 from ._common import check_weight, sum_logs
 
 
@@ -58,7 +59,7 @@ class LogitMSECriterion(FairseqCriterion):
                  kd_alpha=1.0):
         super().__init__(task)
         if regression_target:
-            raise ValueError("--criterion logit_mse is for classification; drop --regression-target")
+            raise UsageError("--criterion logit_mse is for classification; drop --regression-target")
         check_weight("--kd-alpha", kd_alpha)
         self.classification_head_name = classification_head_name
         self.kd_alpha = kd_alpha
@@ -74,7 +75,7 @@ class LogitMSECriterion(FairseqCriterion):
         logits_T = sample.get("teacher_logits")  # B x C or None
         if logits_T is None:
             if model.training and self.kd_alpha > 0.0:
-                raise ValueError(
+                raise UsageError(
                     "training batch without teacher logits: pass --teacher-logits DIR for the "
                     "training split (--task sentence_prediction_kd), or use --kd-alpha 0"
                 )

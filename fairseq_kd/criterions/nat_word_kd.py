@@ -80,6 +80,7 @@ from fairseq.criterions.nat_loss import (
 from fairseq.tasks.translation_lev import TranslationLevenshteinTask
 
 from .. import losses
+from ..errors import UsageError
 from ..tasks._kd_teacher import require_teacher_task
 from ._common import KDConfig, KDDivergenceConfig, check_divergence, check_weight
 
@@ -98,12 +99,12 @@ class NatWordKDCriterion(LabelSmoothedDualImitationCriterion):
         super().__init__(task, label_smoothing)
         check_weight("--kd-alpha", kd_alpha)
         if kd_temperature <= 0:
-            raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
+            raise UsageError(f"--kd-temperature must be > 0, got {kd_temperature}")
         check_divergence(kd_divergence, kd_beta, kd_skew, topk_teacher=kd_topk > 0)
         # a NAT task (its batches carry the noised sample["prev_target"]) with a teacher
         require_teacher_task(task, "nat_word_kd", "--task translation_lev_kd", base=TranslationLevenshteinTask)
         if task.teacher is None:
-            raise ValueError("--criterion nat_word_kd needs --teacher-path (an autoregressive teacher)")
+            raise UsageError("--criterion nat_word_kd needs --teacher-path (an autoregressive teacher)")
         self.kd_alpha = kd_alpha
         self.kd_temperature = kd_temperature
         self.kd_topk = kd_topk

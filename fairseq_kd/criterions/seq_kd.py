@@ -40,6 +40,7 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 
 from .. import losses
+from ..errors import UsageError
 from ..tasks._kd_teacher import TeacherTask
 from ._common import LabelSmoothedBaseCriterion, check_weight, log_per_count_base2, summed_data
 
@@ -69,7 +70,7 @@ class SeqKDCriterion(LabelSmoothedBaseCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         check_weight("--kd-alpha", kd_alpha)
         if kd_alpha > 0 and not (isinstance(task, TeacherTask) and task.has_distilled_targets()):
-            raise ValueError(
+            raise UsageError(
                 "--criterion seq_kd needs the teacher's outputs: --task translation_kd "
                 "--distilled-data DIR (written by fairseq-kd-distill-corpus)"
             )

@@ -125,6 +125,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from .. import losses
+from ..errors import UsageError
 from ..tasks._kd_teacher import require_teacher_task
 from ._common import (
     KDConfig,
@@ -221,17 +222,17 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         check_weight("--kd-alpha", kd_alpha)
         if kd_temperature <= 0 or kd_student_temperature <= 0:
-            raise ValueError("--kd-temperature and --kd-student-temperature must be > 0")
+            raise UsageError("--kd-temperature and --kd-student-temperature must be > 0")
         require_teacher_task(task, "word_kd", "--task translation_kd")
         check_divergence(kd_divergence, kd_beta, kd_skew, topk_teacher=kd_topk > 0 or task.teacher_is_topk())
         if task.teacher_is_sampled():
             check_sampled_teacher(str(kd_divergence), kd_topk)
         if str(kd_selection) not in SELECTIONS:
-            raise ValueError(f"--kd-selection {kd_selection} is unknown: use one of {', '.join(SELECTIONS)}")
+            raise UsageError(f"--kd-selection {kd_selection} is unknown: use one of {', '.join(SELECTIONS)}")
         if not 0.0 < kd_selection_ratio <= 1.0:
-            raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
+            raise UsageError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
         if kd_selection_queue < 1:
-            raise ValueError(f"--kd-selection-queue must be >= 1, got {kd_selection_queue}")
+            raise UsageError(f"--kd-selection-queue must be >= 1, got {kd_selection_queue}")
         check_weight("--kd-on-policy-ratio", kd_on_policy_ratio)
         if kd_on_policy_ratio > 0:
             check_on_policy(task, kd_alpha, str(kd_selection), ignore_prefix_size, kd_on_policy_temperature,
@@ -324,7 +325,7 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
             return
         K = soft_labels["ids"].size(-1)
         if self.kd_topk > K:
-            raise ValueError(
+            raise UsageError(
                 f"--kd-topk {self.kd_topk} is larger than K = {K}, the words per token of the soft-label "
                 f"store (--soft-labels): use --kd-topk {K} or less (0 = all {K}), or dump a store with "
                 f"fairseq-kd-dump-soft-labels --topk {self.kd_topk}"
@@ -443,24 +444,24 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
 def check_on_policy(task, alpha, selection, ignore_prefix_size, temperature, topk) -> None:
     """Raise one line on a setting that ``--kd-on-policy-ratio`` > 0 cannot train."""
     if not task.teacher_scores_any_prefix():
-        raise ValueError(
+        raise UsageError(
             "--kd-on-policy-ratio needs an online teacher to score the student's own translations: a soft-label "
             "store (--soft-labels) holds the teacher on the gold prefixes only; give --teacher-path without "
             "--soft-labels, or --kd-on-policy-ratio 0"
         )
     if alpha == 0:
-        raise ValueError("--kd-on-policy-ratio only changes the KD term, which --kd-alpha 0 turns off: "
+        raise UsageError("--kd-on-policy-ratio only changes the KD term, which --kd-alpha 0 turns off: "
                          "give --kd-alpha > 0 or --kd-on-policy-ratio 0")
     if selection != "none":
-        raise ValueError(
+        raise UsageError(
             f"--kd-selection {selection} ranks words by the student's cross-entropy of the gold word, which the "
             "student's own translations do not have: use --kd-selection none with --kd-on-policy-ratio > 0"
         )
     if ignore_prefix_size > 0:
-        raise ValueError("--kd-on-policy-ratio decodes the whole target, --ignore-prefix-size > 0 expects a gold "
+        raise UsageError("--kd-on-policy-ratio decodes the whole target, --ignore-prefix-size > 0 expects a gold "
                          "prefix: use one or the other")
     if temperature <= 0 or topk < 0:
-        raise ValueError(f"--kd-on-policy-temperature must be > 0 and --kd-on-policy-topk >= 0, got "
+        raise UsageError(f"--kd-on-policy-temperature must be > 0 and --kd-on-policy-topk >= 0, got "
                          f"{temperature} and {topk}")
 
 

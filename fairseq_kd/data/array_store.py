@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..errors import UsageError
 from .atomic import atomic_open
 
 HEADER = "header.json"
@@ -34,7 +35,7 @@ PENDING = "pending.json"
 DONE = "done.npy"
 
 
-class StoreError(ValueError):
+class StoreError(UsageError):
     """A store is missing, incomplete or does not match what reads it."""
 
 

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..errors import MissingFileError, UsageError
+
 CONFIG, VOCAB = "config.json", "vocab.txt"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # The BertConfig fields the teacher uses, with BERT's defaults for optional ones.
@@ -101,11 +103,11 @@ def vocab_file(path: str) -> str:
     (a tokenizer's vocabulary need not hold the other specials)."""
     file = os.path.join(path, VOCAB) if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"BERT vocabulary not found: {file}")
+        raise MissingFileError(f"BERT vocabulary not found: {file}")
     with open(file, encoding="utf-8") as f:
         if not any(line.strip() == UNK for line in f):  # the tokenizer maps unknown words to it
             what = "is empty" if os.path.getsize(file) == 0 else f"has no {UNK} piece"
-            raise ValueError(f"BERT vocabulary {file} {what}: --vocab takes a BERT checkpoint's vocab.txt "
+            raise UsageError(f"BERT vocabulary {file} {what}: --vocab takes a BERT checkpoint's vocab.txt "
                              "(or its directory)")
     return file
 

@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from . import parts
+from ..errors import MissingFileError, UsageError
 from .atomic import atomic_open
 
 KIND = "distilled_corpus"  # the ``kind`` of a corpus part's header
@@ -68,7 +69,7 @@ def split_prefix(data: str, split: str, src: str, tgt: str) -> Tuple[str, str]:
         prefix = os.path.join(data, f"{split}.{pair}.")
         if os.path.exists(prefix + src + ".idx") and os.path.exists(prefix + src + ".bin"):
             return prefix, pair
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no binarized {split} split in {data}: looked for {split}.{src}-{tgt}.{src}.{{bin,idx}} "
         f"and {split}.{tgt}-{src}.{src}.{{bin,idx}}"
     )
@@ -80,9 +81,9 @@ def check_dictionaries(out: str, data: str, langs: Sequence[str]) -> None:
     for lang in langs:
         original, existing = os.path.join(data, f"dict.{lang}.txt"), os.path.join(out, f"dict.{lang}.txt")
         if not os.path.isfile(original):
-            raise FileNotFoundError(f"{original} not found")
+            raise MissingFileError(f"{original} not found")
         if os.path.exists(existing) and not _same_file(original, existing):
-            raise ValueError(f"{existing} differs from {original}: --out holds a corpus made from other data")
+            raise UsageError(f"{existing} differs from {original}: --out holds a corpus made from other data")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -240,7 +241,7 @@ class Split:
         self.src = data_utils.load_indexed_dataset(prefix + src, src_dict, impl)
         self.tgt = data_utils.load_indexed_dataset(prefix + tgt, tgt_dict, impl)
         if self.src is None or self.tgt is None:
-            raise FileNotFoundError(f"{prefix}{{{src},{tgt}}}.{{bin,idx}} not found")
+            raise MissingFileError(f"{prefix}{{{src},{tgt}}}.{{bin,idx}} not found")
 
 
 def merge_parts(out: str, subset: str = "train", data: Optional[str] = None, remove_parts: bool = False) -> dict:
@@ -265,18 +266,18 @@ def merge_parts(out: str, subset: str = "train", data: Optional[str] = None, rem
     dicts = {lang: Dictionary.load(os.path.join(data, f"dict.{lang}.txt")) for lang in (src, tgt)}
     for lang, d in dicts.items():
         if dictionary_checksum(d) != settings["dictionary_checksum"][lang]:
-            raise ValueError(f"{data}/dict.{lang}.txt is not the dictionary the parts were made with")
+            raise UsageError(f"{data}/dict.{lang}.txt is not the dictionary the parts were made with")
     check_dictionaries(out, data, (src, tgt))
     split = Split(prefix, src, tgt, dicts[src], dicts[tgt], impl)
     if len(split.src) != settings["sentences"] or sizes_checksum(split.src.sizes) != settings["sizes_checksum"]:
-        raise ValueError(f"{prefix}{src} is not the split the parts were made from (other sentences or lengths)")
+        raise UsageError(f"{prefix}{src} is not the split the parts were made from (other sentences or lengths)")
 
     chosen = {"targets": [], "rank": [], "bleu": [], "too_long": [], "empty": []}
     for part in found:
         targets = data_utils.load_indexed_dataset(os.path.join(part["path"], "targets"), dicts[tgt], impl)
         start, end = part["sentence_range"]
         if targets is None or len(targets) != end - start:
-            raise ValueError(f"{part['path']}: targets.{{bin,idx}} missing or not {end - start} sentences")
+            raise UsageError(f"{part['path']}: targets.{{bin,idx}} missing or not {end - start} sentences")
         chosen["targets"] += [targets[i] for i in range(len(targets))]
         chosen["rank"] += part["rank"]
         chosen["bleu"] += part["sentence_bleu"]
@@ -315,14 +316,14 @@ def check_summary(summary_path: str, split: str, dataset, src_dict, tgt_dict, fi
     }
     missing = [key for key in made if key not in meta]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{summary_path} was written by an older fairseq-kd-distill-corpus (no {', '.join(missing)}), "
             f"so the distilled {split} split cannot be checked against the data: {fix}"
         )
     for key, (how, actual) in made.items():
         here = actual()
         if meta[key] != here:
-            raise ValueError(
+            raise UsageError(
                 f"the distilled {split} split was made {how}: {key} is {meta[key][:16]} in "
                 f"{summary_path}, {here[:16]} here; {fix}"
             )

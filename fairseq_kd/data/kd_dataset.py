@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, FairseqDataset, data_utils
 
+from ..errors import UsageError
+
 
 class KDLanguagePairDataset(BaseWrapperDataset):
     def __init__(self, dataset, soft_labels=None, distilled=None):
@@ -32,14 +34,14 @@ class KDLanguagePairDataset(BaseWrapperDataset):
         super().__init__(dataset)
         if soft_labels is not None and getattr(dataset, "left_pad_target", False):
             # _collate_soft_labels lays sentence b's rows out from target column 0
-            raise ValueError(
+            raise UsageError(
                 "soft labels expect right-padded targets (their rows are laid out from target column 0), "
                 "got --left-pad-target: remove it (targets are right-padded by default)"
             )
         self.soft_labels = soft_labels
         self.distilled = distilled
         if distilled is not None and len(distilled) != len(dataset):
-            raise ValueError(
+            raise UsageError(
                 f"distilled corpus has {len(distilled)} sentences, the dataset has {len(dataset)}"
             )
         # Batch by the longest of source, gold target and distilled target.

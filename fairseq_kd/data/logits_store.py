@@ -22,6 +22,7 @@ import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 
 from . import array_store
+from ..errors import MissingFileError, UsageError
 
 KIND = "classifier_logits"
 
@@ -32,7 +33,7 @@ def input_dictionary(data: str):
 
     path = os.path.join(data, "input0", "dict.txt")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{data} is not a sentence_prediction data directory: {path} not found")
+        raise MissingFileError(f"{data} is not a sentence_prediction data directory: {path} not found")
     return SentencePredictionTask.load_dictionary(path)
 
 
@@ -51,11 +52,11 @@ def split_fingerprint(data: str, split: str, dictionary) -> dict:
         dataset = data_utils.load_indexed_dataset(os.path.join(data, key, split), dictionary)
         if dataset is None:
             if key == "input0":
-                raise FileNotFoundError(f"split {split!r} not found in {data}: no {key}/{split}.bin/.idx")
+                raise MissingFileError(f"split {split!r} not found in {data}: no {key}/{split}.bin/.idx")
             continue
         sizes.append(np.asarray(dataset.sizes, dtype=np.int64))
     if len(sizes) == 2 and len(sizes[0]) != len(sizes[1]):
-        raise ValueError(f"{data}: input0/{split} has {len(sizes[0])} sentences, input1/{split} {len(sizes[1])}")
+        raise UsageError(f"{data}: input0/{split} has {len(sizes[0])} sentences, input1/{split} {len(sizes[1])}")
     return {"sentences": int(len(sizes[0])), "sizes_checksum": array_store.sizes_checksum(np.concatenate(sizes))}
 
 
@@ -113,7 +114,7 @@ class TeacherLogitsDataset(BaseWrapperDataset):
     def __init__(self, dataset, logits: np.ndarray):
         super().__init__(dataset)
         if len(logits) != len(dataset):
-            raise ValueError(f"{len(logits)} rows of teacher logits for {len(dataset)} sentences")
+            raise UsageError(f"{len(logits)} rows of teacher logits for {len(dataset)} sentences")
         self.logits = logits
 
     def collater(self, samples):

@@ -45,6 +45,7 @@ from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import array_store
+from ..errors import MissingFileError
 
 HEADER = array_store.HEADER  # "header.json": a part's record, present once the part is whole
 
@@ -96,7 +97,7 @@ def read_parts(output: str, kind: Optional[str] = None) -> List[Dict[str, Any]]:
     """
     parent = parts_dir(output)
     if not os.path.isdir(parent):
-        raise FileNotFoundError(f"no parts to merge: {parent} not found")
+        raise MissingFileError(f"no parts to merge: {parent} not found")
     parts = []
     for name in sorted(os.listdir(parent)):
         path = os.path.join(parent, name)

@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 
 def read_word_vectors(
     path: str, symbols: Sequence[str], dim: Optional[int] = None, dim_option: str = "the expected dimension"
@@ -43,13 +45,13 @@ def read_word_vectors(
                 if parts == [""]:
                     continue
                 if len(parts) < 2:
-                    raise ValueError(f"{path}:{line_no}: expected 'word v1 ... vd', got {line[:60]!r}")
+                    raise UsageError(f"{path}:{line_no}: expected 'word v1 ... vd', got {line[:60]!r}")
                 if dim is None:
                     dim, dim_option = len(parts) - 1, None
                 if len(parts) - 1 != dim:
                     if dim_option is None:
-                        raise ValueError(f"{path}:{line_no}: {len(parts) - 1} values, earlier lines have {dim}")
-                    raise ValueError(f"{path}:{line_no}: vector of {parts[0]!r} has {len(parts) - 1} values, "
+                        raise UsageError(f"{path}:{line_no}: {len(parts) - 1} values, earlier lines have {dim}")
+                    raise UsageError(f"{path}:{line_no}: vector of {parts[0]!r} has {len(parts) - 1} values, "
                                      f"{dim_option} is {dim}")
                 n_vectors += 1
                 i = index.get(parts[0])
@@ -57,12 +59,12 @@ def read_word_vectors(
                     try:
                         rows[i] = np.asarray(parts[1:], dtype=np.float32)
                     except ValueError:
-                        raise ValueError(f"{path}:{line_no}: non-numeric vector for {parts[0]!r}") from None
+                        raise UsageError(f"{path}:{line_no}: non-numeric vector for {parts[0]!r}") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text after line {line_no} ({e}): give a word2vec / fastText / "
+        raise UsageError(f"{path}: not UTF-8 text after line {line_no} ({e}): give a word2vec / fastText / "
                          "GloVe text file (a binary word2vec .bin is not read)") from None
     if n_vectors == 0:
-        raise ValueError(f"{path}: no word vectors found")
+        raise UsageError(f"{path}: no word vectors found")
     vectors = np.zeros((len(symbols), dim), dtype=np.float32)
     found = np.zeros(len(symbols), dtype=bool)
     for i, vector in rows.items():

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
 from ..data import bert_io
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _activation(name: str):
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "relu":
         return F.relu
-    raise ValueError(f"unsupported hidden_act {name!r} in the BERT config")
+    raise UsageError(f"unsupported hidden_act {name!r} in the BERT config")
 
 
 # Module names follow Hugging Face's BertModel so that weights load by name.
@@ -211,7 +212,7 @@ class BertEncoderModel(BaseFairseqModel):
         if args.bert_config:  # rebuilt from a saved model: weights follow
             return json.loads(args.bert_config), True
         if not args.bert_path:
-            raise ValueError(f"--arch {arch}_* needs --bert-path DIR (a Hugging Face BERT checkpoint)")
+            raise UsageError(f"--arch {arch}_* needs --bert-path DIR (a Hugging Face BERT checkpoint)")
         config = bert_io.read_config(args.bert_path)
         available = config["num_hidden_layers"]
         if args.bert_layers and args.bert_layers > available:
@@ -294,7 +295,7 @@ class BertTeacherModel(BertEncoderModel):
         bert_teacher_base(args)
         src_dict, dictionary = task.source_dictionary, task.target_dictionary
         if src_dict is not None and list(src_dict.symbols) != list(dictionary.symbols):
-            raise ValueError(
+            raise UsageError(
                 "bert_teacher needs one dictionary for source and target: binarize the "
                 "WordPiece text with fairseq-preprocess --joined-dictionary"
             )

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
 from ..data import word_vectors
+from ..errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def read_word_vectors(path: str, dictionary, embed_dim: int) -> Tuple[Dict[int, 
     ValueError naming the file and line when a vector does not have ``embed_dim``
     values."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--embed-path: word-vector file not found: {path}")
+        raise MissingFileError(f"--embed-path: word-vector file not found: {path}")
     vectors, found, n_vectors = word_vectors.read_word_vectors(path, dictionary.symbols, embed_dim, "--embed-dim")
     return {int(i): vectors[i] for i in np.flatnonzero(found)}, n_vectors
 

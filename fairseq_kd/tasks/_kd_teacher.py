@@ -39,6 +39,7 @@ from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
 from .. import losses
+from ..errors import UsageError
 from ..teacher import TeacherEnsemble, check_files_exist, load_teacher, split_paths
 
 
@@ -192,4 +193,4 @@ def require_teacher_task(task, criterion: str, needs: str, base: Optional[type] 
     if isinstance(task, TeacherTask) and (base is None or isinstance(task, base)):
         return
     name = getattr(getattr(task, "cfg", None), "_name", None) or type(task).__name__
-    raise ValueError(f"--criterion {criterion} needs {needs} (it provides the teacher), got --task {name}")
+    raise UsageError(f"--criterion {criterion} needs {needs} (it provides the teacher), got --task {name}")

@@ -37,6 +37,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -130,14 +132,14 @@ class ConditionalMLMTask(TranslationTask):
     def __init__(self, cfg: ConditionalMLMConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         if list(src_dict.symbols) != list(tgt_dict.symbols):
-            raise ValueError(
+            raise UsageError(
                 "--task conditional_mlm needs one dictionary for source and target: "
                 "binarize with fairseq-preprocess --joined-dictionary"
             )
         if not 0.0 < cfg.mask_prob <= 1.0:
-            raise ValueError(f"--mask-prob must be in (0, 1], got {cfg.mask_prob}")
+            raise UsageError(f"--mask-prob must be in (0, 1], got {cfg.mask_prob}")
         if cfg.left_pad_target:  # ConditionalMaskedDataset lays masks out from target column 0
-            raise ValueError(
+            raise UsageError(
                 "conditional_mlm expects right-padded targets (masks are laid out from target column 0), "
                 "got --left-pad-target: remove it (targets are right-padded by default)"
             )

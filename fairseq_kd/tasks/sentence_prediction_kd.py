@@ -27,6 +27,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
 from ..data.logits_store import LogitsStore, TeacherLogitsDataset
+from ..errors import MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ class SentencePredictionKDTask(SentencePredictionTask):
         self.teacher_logits: Optional[LogitsStore] = None
         if cfg.teacher_logits:
             if not os.path.isdir(cfg.teacher_logits):
-                raise FileNotFoundError(f"--teacher-logits directory not found: {cfg.teacher_logits}")
+                raise MissingFileError(f"--teacher-logits directory not found: {cfg.teacher_logits}")
             if cfg.regression_target:
-                raise ValueError("--teacher-logits is for classification; --regression-target is set")
+                raise UsageError("--teacher-logits is for classification; --regression-target is set")
             self.teacher_logits = LogitsStore(cfg.teacher_logits)
 
     def load_dataset(self, split, combine=False, **kwargs):

@@ -50,6 +50,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import losses
 from ..data.array_store import StoreError
+from ..errors import MissingFileError, UsageError
 from ..data.distilled_corpus import check_summary
 from ..data.kd_dataset import KDLanguagePairDataset
 from ._kd_teacher import SoftTargets, TeacherConfig, TeacherTask
@@ -135,9 +136,9 @@ class TranslationKDTask(TeacherTask, TranslationTask):
     def check_kd_config(cls, cfg: TranslationKDConfig) -> None:
         for option, path in (("--soft-labels", cfg.soft_labels), ("--distilled-data", cfg.distilled_data)):
             if path and not os.path.isdir(path):
-                raise FileNotFoundError(f"{option} directory not found: {path}")
+                raise MissingFileError(f"{option} directory not found: {path}")
         if cfg.soft_labels and cfg.left_pad_target:
-            raise ValueError(
+            raise UsageError(
                 "translation_kd --soft-labels expects right-padded targets (soft-label rows are laid out from "
                 "target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
             )
@@ -195,16 +196,16 @@ class TranslationKDTask(TeacherTask, TranslationTask):
         distilled = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
         if distilled is None:
             if training:
-                raise FileNotFoundError(f"no distilled {split} split at {prefix}.{{bin,idx}}: {rerun}")
+                raise MissingFileError(f"no distilled {split} split at {prefix}.{{bin,idx}}: {rerun}")
             logger.info(f"no distilled targets for {split} ({prefix}.{{bin,idx}} not found): gold target only")
             return None
         if not os.path.exists(meta_path):
-            raise ValueError(
+            raise UsageError(
                 f"distilled {split} split {prefix} has no {meta_path} (not written by fairseq-kd-distill-corpus, "
                 f"or unfinished), so its alignment with the data cannot be checked: {rerun}"
             )
         if len(distilled) != len(dataset):
-            raise ValueError(
+            raise UsageError(
                 f"distilled {split} split {prefix} has {len(distilled)} sentences, "
                 f"the data has {len(dataset)}: it was not made from this split; {rerun}"
             )
@@ -286,7 +287,7 @@ class TranslationKDTask(TeacherTask, TranslationTask):
             if self.soft_labels_temperature is not None and temperature != self.soft_labels_temperature:
                 what = ("words drawn from the teacher" if self.soft_labels_sampled
                         else "an ensemble's probabilities averaged")
-                raise ValueError(
+                raise UsageError(
                     f"--soft-labels {self.cfg.soft_labels} holds {what} at temperature "
                     f"{self.soft_labels_temperature:g}, the criterion's is {temperature:g}: train with "
                     f"--kd-temperature {self.soft_labels_temperature:g}, or dump the store again with "

@@ -30,6 +30,7 @@ import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation_lev import TranslationLevenshteinConfig, TranslationLevenshteinTask
 
+from ..errors import UsageError
 from ._kd_teacher import SoftTargets, TeacherConfig, TeacherTask
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def teacher_net_input(sample, bos: int, eos: int, pad: int) -> dict:
     rows = torch.arange(src.size(0), device=src.device)
     bos_pos = src.ne(pad).int().argmax(1)  # first non-pad column, whatever the padding side
     if not src[rows, bos_pos].eq(bos).all() or not target[:, 0].eq(bos).all():
-        raise ValueError(
+        raise UsageError(
             "translation_lev_kd expects sources and right-padded targets that start "
             "with <s> (translation_lev loads them with prepend_bos=True; no --left-pad-target)"
         )
@@ -83,7 +84,7 @@ class TranslationLevKDTask(TeacherTask, TranslationLevenshteinTask):
     @classmethod
     def check_kd_config(cls, cfg: TranslationLevKDConfig) -> None:
         if cfg.teacher_path and cfg.left_pad_target:  # fail before training starts, not at a batch
-            raise ValueError(
+            raise UsageError(
                 "translation_lev_kd expects right-padded targets that start with <s> (teacher_net_input reads "
                 "them from target column 0), got --left-pad-target: remove it (targets are right-padded by default)"
             )
