@@ -7,11 +7,11 @@ loading included), then trains the same student for a fixed number of updates wi
 ``label_smoothed_cross_entropy``, online ``word_kd`` (the teacher's forward every
 step, full vocabulary), ``word_kd`` from the top-8 store and from the 12-sample store,
 alternating the four ``--repeats`` times so that drift in the machine's load hits
-each alike. Prints the median words/s of each, its ratio to label smoothing, and
-for each store the number of training epochs after which dump + store-trained epochs
-cost less than online-teacher epochs: dump wall / (epoch time online - epoch time
-from the store), an epoch being the split's target tokens (the dump's count) at
-the measured words/s.
+each alike. Prints the median words/s of each, its ratio to label smoothing (within
+each round, then the median over rounds), and for each store the number of training
+epochs after which dump + store-trained epochs cost less than online-teacher epochs:
+dump wall / (epoch time online - epoch time from the store), an epoch being the
+split's target tokens (the dump's count) at the round's words/s.
 
 usage: python benchmarks/store_payback.py DATA TEACHER.pt [--updates 60] [--repeats 2] [--out DIR]
        [--cpu] [--json FILE]
@@ -77,21 +77,22 @@ def main():
         "word_kd sampled12 store": [*kd, "--soft-labels", os.path.join(args.out, "sampled12")],
     }
     results, wpb = alternate_runs(args.data, runs, args, "run {run}: {name:30s} {wps:9.1f} words/s")
+    # Ratios within each round (the four runs of a round see about the same load), then their median.
+    ls = results["label_smoothed_cross_entropy"]
+    ratios = {name: statistics.median(v / b for v, b in zip(runs_wps, ls)) for name, runs_wps in results.items()}
     wps = {name: statistics.median(v) for name, v in results.items()}
-    base, online = wps["label_smoothed_cross_entropy"], wps["word_kd online"]
-    print(f"\nmedian of {args.repeats} alternating runs of {args.updates} updates, {wpb:.0f} target words a batch:")
-    print(f"{'run':30s} {'words/s':>9s} {'vs LS':>7s}")
+    print(f"\n{args.repeats} alternating rounds of {args.updates} updates, {wpb:.0f} target words a batch:")
+    print(f"{'run':30s} {'words/s':>9s} {'vs LS':>7s}  (median words/s; median of each round's ratio)")
     for name, v in wps.items():
-        print(f"{name:30s} {v:9.1f} {v / base:7.3f}")
+        print(f"{name:30s} {v:9.1f} {ratios[name]:7.3f}")
     out = {"updates": args.updates, "repeats": args.repeats, "max_tokens": args.max_tokens, "words_per_batch": wpb,
-           "runs_wps": results, "median_wps": wps, "ratio_to_label_smoothing": {k: v / base for k, v in wps.items()},
-           "dumps": {}}
+           "runs_wps": results, "median_wps": wps, "ratio_to_label_smoothing": ratios, "dumps": {}}
     for name, (wall, tokens, bpt) in dumps.items():
-        store = wps[f"word_kd {name} store"]
-        epochs = payback_epochs(wall, tokens, online, store)
+        store = results[f"word_kd {name} store"]
+        epochs = statistics.median(payback_epochs(wall, tokens, o, s) for o, s in zip(results["word_kd online"], store))
         out["dumps"][name] = {"wall_s": wall, "tokens": tokens, "bytes_per_token": bpt, "payback_epochs": epochs}
-        print(f"{name} store: dump {wall:.0f} s = {wall / (tokens / online):.2f} online-teacher epochs of "
-              f"{tokens} target tokens; it pays back after {epochs:.2f} epochs")
+        print(f"{name} store: dump {wall:.0f} s for {tokens} target tokens; it pays back after {epochs:.2f} epochs "
+              f"(median over the rounds)")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
