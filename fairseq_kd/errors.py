@@ -25,7 +25,7 @@ def one_line(text: str, default: str = "error") -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or default
 
 
-def usage_exit(prog: str, error: BaseException, text: Optional[str] = None) -> None:
+def print_usage_error(prog: str, error: BaseException, text: Optional[str] = None) -> None:
     """Print ``<prog>: error: <text or the error's message>`` on ONE line of stderr, stdout
     flushed first; the caller exits with :data:`EXIT_USER_ERROR`."""
     sys.stdout.flush()
@@ -46,7 +46,7 @@ def install_excepthook() -> None:
 
     def hook(kind, value, traceback):
         if isinstance(value, UsageError):
-            usage_exit(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", value)
+            print_usage_error(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", value)
             os._exit(EXIT_USER_ERROR)
         previous(kind, value, traceback)
 

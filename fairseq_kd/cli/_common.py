@@ -10,7 +10,7 @@ import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 from ..data.atomic import atomic_open
-from ..errors import EXIT_USER_ERROR, MissingFileError, usage_exit
+from ..errors import EXIT_USER_ERROR, MissingFileError, print_usage_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,8 +35,6 @@ def setup_logging() -> None:
     )
 
 
-
-
 def run_command(
     parser: argparse.ArgumentParser,
     run: Callable[[argparse.Namespace], Any],
@@ -57,7 +55,7 @@ def run_command(
     try:
         return args, run(args)
     except errors as e:
-        usage_exit(parser.prog, e, message(args, e) if message else None)
+        print_usage_error(parser.prog, e, message(args, e) if message else None)
         sys.exit(EXIT_USER_ERROR)
 
 
