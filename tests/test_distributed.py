@@ -8,9 +8,11 @@ ranks see the batches that one process with ``--update-freq 2`` groups into an
 update (rank r gets batches r, r + 2, ... of the same shuffled epoch), and
 fairseq sums their gradients over ranks: after a few updates the student must
 be the same, for word KD from an online teacher, word KD from a soft-label
-store, and sequence-level KD from a distilled corpus. Dropout is off, since
+store, sequence-level KD from a distilled corpus, and on-policy word KD (each
+batch of an update flips its own coin, the same in both runs). Dropout is off, since
 each rank and each delayed-update step draws its own masks.
 """
+import json
 import os
 import socket
 import subprocess
@@ -70,10 +72,18 @@ def _kd_args(case, tiny_teacher, soft_label_store, distilled):
     word_kd = ["--criterion", "word_kd", "--label-smoothing", "0.1", "--kd-alpha", "0.5", "--kd-temperature", "2"]
     return {
         "teacher": ["--task", "translation_kd", "--teacher-path", tiny_teacher, *word_kd],
+        "on_policy": ["--task", "translation_kd", "--teacher-path", tiny_teacher, *word_kd,
+                      "--kd-on-policy-ratio", "0.5"],
         "soft_labels": ["--task", "translation_kd", "--soft-labels", soft_label_store, *word_kd, "--kd-topk", "3"],
         "seq_kd": ["--task", "translation_kd", "--distilled-data", distilled, "--criterion", "seq_kd",
                    "--label-smoothing", "0.1", "--kd-alpha", "0.5"],
     }[case]
+
+
+def _logged(output, key):
+    """The values of ``key`` in fairseq-train's per-update json log lines."""
+    return [float(json.loads(line[line.index("{"):])[key]) for line in output.splitlines()
+            if '"train_inner"' in line or (f'"{key}"' in line and '"update"' in line and "{" in line)]
 
 
 def _free_port() -> int:
@@ -118,7 +128,7 @@ def _run_together(commands, log_dir, timeout=300):
     return outputs
 
 
-@pytest.mark.parametrize("case,num_workers", [("teacher", 1), ("soft_labels", 0), ("seq_kd", 1)])
+@pytest.mark.parametrize("case,num_workers", [("teacher", 1), ("soft_labels", 0), ("seq_kd", 1), ("on_policy", 1)])
 def test_two_ranks_equal_one_process_with_update_freq_2(
     case, num_workers, tiny_data, tiny_teacher, soft_label_store, distilled, plain_student, tmp_path
 ):
@@ -136,6 +146,12 @@ def test_two_ranks_equal_one_process_with_update_freq_2(
         str(tmp_path),
     )
     assert f"distributed init (rank 1): tcp://127.0.0.1:{port}" in outputs[1]
+    if case == "on_policy":
+        # Each of an update's batches flips its own coin, the same in both runs (rank r's
+        # batch is the single process's r-th): rank 0 logs the fraction over both ranks.
+        fractions = [_logged(out, "on_policy") for out in (outputs[0], outputs[2])]
+        assert fractions[0] == fractions[1] and len(fractions[0]) == UPDATES, fractions
+        assert 0.5 in fractions[0] and 0 < sum(fractions[0]) < UPDATES, fractions
 
     ranks = checkpoint.load(os.path.join(ranks_dir, "checkpoint_last.pt"))
     single = checkpoint.load(os.path.join(single_dir, "checkpoint_last.pt"))

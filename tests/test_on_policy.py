@@ -217,6 +217,20 @@ def test_ratio_zero_and_validation_are_plain_word_kd_exactly(tiny_data, tiny_tea
     assert "on_policy" not in results["plain", "eval"][2]
 
 
+def test_gold_and_on_policy_batches_log_the_same_keys_in_the_same_order(tiny_data, tiny_teacher):
+    """fairseq's DDP sums the ranks' logs as one flat buffer in key order: a rank whose batch
+    was on-policy and one whose batch was not must log the same keys in the same order
+    (found by tests/test_distributed.py: unsorted, rank 0 logged on_policy = 2.0)."""
+    _, task, model, criterion = _word_kd(tiny_data, tiny_teacher, "--kd-on-policy-ratio", "1")
+    sample = utils.first_batch(task)
+    model.train()
+    on_policy = criterion(model, sample)[2]
+    model.eval()
+    gold = criterion(model, sample)[2]
+    assert on_policy["on_policy"] == 1 and gold["on_policy"] == 0
+    assert list(on_policy) == list(gold)
+
+
 def test_coin_is_deterministic_given_the_seed_and_the_update(tiny_data, tiny_teacher):
     from fairseq import utils as fairseq_utils
 

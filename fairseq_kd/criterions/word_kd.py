@@ -122,6 +122,7 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
+from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 
 from .. import losses
@@ -261,8 +262,7 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
             if reduce and model.training and self.on_policy_coin():
                 return self.forward_on_policy(model, sample)
             loss, sample_size, logging_output = self.forward_gold(model, sample, reduce)
-            logging_output.update(on_policy_logs(logging_output))
-            return loss, sample_size, logging_output
+            return loss, sample_size, on_policy_logs(logging_output)
         return self.forward_gold(model, sample, reduce)
 
     def forward_gold(self, model, sample, reduce=True):
@@ -288,12 +288,20 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         Deterministic given ``--seed`` and the update number: fairseq's trainer seeds torch
         with seed + updates before each update (``Trainer._set_seed``), and the coin is drawn
         from a numpy generator seeded with that seed and the batch's index within the
-        update (``--update-freq``), leaving torch's generator (dropout) untouched.
+        update, leaving torch's generator (dropout) untouched. The index counts the batches
+        of the whole update across data-parallel ranks, ``j * world_size + rank`` for a
+        rank's j-th batch (``--update-freq``), the order in which fairseq shards an epoch's
+        batches: W ranks with ``--update-freq F`` flip the coins of one process with
+        ``--update-freq F*W`` (tests/test_distributed.py), and each rank flips its own.
         """
         seed = torch.initial_seed()
         self.coin_index = self.coin_index + 1 if seed == self.coin_seed else 0
         self.coin_seed = seed
-        with data_utils.numpy_seed(seed % 2**32, self.coin_index):
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = distributed_utils.get_data_parallel_world_size(), distributed_utils.get_data_parallel_rank()
+        index = self.coin_index * world + rank
+        with data_utils.numpy_seed(seed % 2**32, index):
             return bool(np.random.rand() < self.kd_on_policy_ratio)
 
     def forward_on_policy(self, model, sample):
@@ -314,8 +322,7 @@ class WordKDCriterion(LabelSmoothedBaseCriterion):
         logging_output["loss"] = summed_data(loss)
         logging_output.update(kd_logs)
         self.log_accuracy(model, net_output, sample, logging_output)
-        logging_output.update(on_policy_logs(logging_output, gen_ms=gen_ms))
-        return loss, sample_size, logging_output
+        return loss, sample_size, on_policy_logs(logging_output, gen_ms=gen_ms)
 
     def check_store_topk(self, sample) -> None:
         """Raise when ``--kd-topk`` asks for more words than the soft-label store holds
@@ -479,7 +486,9 @@ def stacked_forward(model, net_input, net_input_S, pad):
     return (logits[:B, : prev.size(1)], extra), (logits[B:, : prev_S.size(1)], extra)
 
 
-# the keys every batch logs with --kd-on-policy-ratio > 0, on-policy or not (DDP sums equal key sets)
+# the keys every batch logs with --kd-on-policy-ratio > 0, on-policy or not: fairseq's DDP
+# sums the ranks' logs as one flat buffer in key order, so every rank's must have the same
+# keys in the same order (on_policy_logs sorts them)
 ON_POLICY_KEYS = ("kd_loss", "kd_tokens", "teacher_agree", "teacher_correct", "teacher_nll", "teacher_tokens",
                   "on_policy", "batches", "on_policy_tokens", "on_policy_teacher_nll", "on_policy_gen_ms")
 
@@ -489,7 +498,8 @@ def on_policy_logs(logging_output, gen_ms=None):
     on-policy batch, whose ``gen_ms`` is the decoding time) of ``batches`` (1),
     ``teacher_tokens`` (the gold positions that ``teacher_correct`` / ``teacher_nll`` count:
     the KD positions of a gold batch, none of an on-policy one), ``on_policy_tokens``
-    (its KD positions, the student's words) and 0 for every other missing key."""
+    (its KD positions, the student's words) and 0 for every other missing key; the keys
+    sorted, so that an on-policy batch's logs and a gold batch's line up in DDP's sum."""
     on_policy = gen_ms is not None
     kd_tokens = logging_output.get("kd_tokens", 0)
     logs = dict.fromkeys(ON_POLICY_KEYS, 0)
@@ -498,7 +508,7 @@ def on_policy_logs(logging_output, gen_ms=None):
         on_policy=int(on_policy), batches=1, on_policy_gen_ms=gen_ms or 0.0,
         teacher_tokens=0 if on_policy else kd_tokens, on_policy_tokens=kd_tokens if on_policy else 0,
     )
-    return logs
+    return dict(sorted(logs.items()))
 
 
 def reduce_kd_metrics(logging_outputs) -> None:
