@@ -25,9 +25,10 @@ VARIANTS = {  # row -> what the built criterion must hold
 
 
 def kd_variant(row, teacher, work):
-    """The word_kd options study.sh gives ROW (its kd_variant function, run by bash)."""
-    script = (f'T={teacher}; WORK={work}; source <(sed -n "/^kd_variant() {{/,/^}}/p" {STUDY}); '
-              f'kd_variant {row}')
+    """The word_kd options study.sh gives ROW (its kd_variant function and the default grids
+    of the rows' own settings, run by bash)."""
+    script = (f'T={teacher}; WORK={work}; source <(grep -E "^[A-Z_]+_GRID=" {STUDY}); '
+              f'{_functions("variant_grid", "kd_variant")}; kd_variant {row}')
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     return proc.returncode, proc.stdout.split(), proc.stderr
 
@@ -72,3 +73,71 @@ def test_every_objective_row_builds_word_kd_with_its_setting(row, tiny_data, tin
 def test_an_unknown_variant_is_refused(tiny_teacher, tmp_path):
     rc, options, err = kd_variant("word_kd_nope", tiny_teacher, str(tmp_path))
     assert rc == 2 and options == [] and err.strip() == "study: unknown model word_kd_nope"
+
+
+def _functions(*names):
+    """bash that defines study.sh's functions NAMES (each from its `name() {` line to its `}`)."""
+    return "; ".join(f'source <(sed -n "/^{n}() {{/,/^}}/p" {STUDY})' for n in names)
+
+
+def test_an_objective_rows_own_setting_is_a_grid(tmp_path):
+    """BETA_GRID / SKEW_GRID / SELECTION_GRID / ON_POLICY_GRID: one value trains the row as ROW
+    (the papers' value by default); several train ROW.pVALUE each, with that value."""
+    def trained(row, **grids):
+        setup = "".join(f"{k}='{v}'; " for k, v in {"BETA_GRID": "0.5", "SKEW_GRID": "0.1", "SELECTION_GRID": "0.5",
+                                                      "ON_POLICY_GRID": "0.5", **grids}.items())
+        # train() records its model name and options instead of training (the naming is under test)
+        script = (f"set -euo pipefail; {setup} T=t.pt WORK={tmp_path} first_seed=1 DATA=d STUDENT_UPDATES=1 "
+                  f"KD_ALPHA=0.5 STUDENT=(--arch a); train() {{ echo \"$1 ${{*:5}}\"; }}; "
+                  f"{_functions('variant_grid', 'kd_variant', 'model_name', 'student')}; student {row} 1")
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return [(line.split()[0], line.split()[1:]) for line in proc.stdout.splitlines()]
+
+    def option(options, name):
+        return options[options.index(name) + 1]
+
+    (name, options), = trained("word_kd_skew_forward_kl")
+    assert name == "word_kd_skew_forward_kl" and option(options, "--kd-skew") == "0.1"
+    runs = trained("word_kd_skew_reverse_kl", SKEW_GRID="0.05 0.2")
+    assert [n for n, _ in runs] == ["word_kd_skew_reverse_kl.p0.05", "word_kd_skew_reverse_kl.p0.2"]
+    assert [option(o, "--kd-skew") for _, o in runs] == ["0.05", "0.2"]
+    assert [option(o, "--kd-beta") for _, o in trained("word_kd_jsd", BETA_GRID="0.1 0.9")] == ["0.1", "0.9"]
+    assert [option(o, "--kd-selection-ratio") for _, o in trained("word_kd_select_global", SELECTION_GRID="0.3 0.7")
+            ] == ["0.3", "0.7"]
+    assert [option(o, "--kd-on-policy-ratio") for _, o in trained("word_kd_on_policy", ON_POLICY_GRID="0.25 1")
+            ] == ["0.25", "1"]
+    (name, options), = trained("word_kd_tvd", SKEW_GRID="0.05 0.2")  # a row without a setting of its own
+    assert name == "word_kd_tvd" and options[-2:] == ["--kd-divergence", "tvd"]
+
+
+def _pick(work, row):
+    script = (f"set -euo pipefail; WORK={work} DATA=d TEXT=t LATENCY_SENTENCES=0; stamp() {{ echo \"$*\"; }}; "
+              f"{_functions('evaluate', 'pick')}; pick {row}")
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+
+
+def test_pick_chooses_the_best_valid_candidate_and_never_overwrites_a_trained_row(tmp_path):
+    """pick ROW: the candidate ROW.* with the best valid BLEU becomes ROW/final.pt (a link);
+    a ROW/final.pt trained with one setting is not replaced (exit 2, one line)."""
+    import json
+
+    row = "word_kd_jsd"
+    for value, bleu in (("0.1", 20.5), ("0.5", 22.25), ("0.9", 21.0)):
+        os.makedirs(tmp_path / f"{row}.p{value}")
+        (tmp_path / f"{row}.p{value}" / "final.pt").write_text(value)
+        scores = tmp_path / "eval" / f"{row}.p{value}.valid.b1"
+        os.makedirs(scores)
+        (scores / "scores.json").write_text(json.dumps({"bleu": bleu}))
+    proc = _pick(tmp_path, row)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.islink(tmp_path / row / "final.pt") and (tmp_path / row / "final.pt").read_text() == "0.5"
+    assert (tmp_path / f"{row}.choice").read_text().strip() == f"{row}.p0.5"
+
+    os.remove(tmp_path / row / "final.pt")
+    (tmp_path / row / "final.pt").write_text("trained as the row")
+    proc = _pick(tmp_path, row)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"study: {tmp_path}/{row}/final.pt was trained with one setting")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (tmp_path / row / "final.pt").read_text() == "trained as the row"

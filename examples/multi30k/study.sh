@@ -42,6 +42,11 @@
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
+#   BETA_GRID="0.5" SKEW_GRID="0.1" SELECTION_GRID="0.5" ON_POLICY_GRID="0.5"
+#                                   the objective rows' own setting (--kd-beta of word_kd_jsd,
+#                                   --kd-skew of the skew rows, --kd-selection-ratio of the selection
+#                                   rows, --kd-on-policy-ratio of word_kd_on_policy): the papers'
+#                                   values; several values are trained as ROW.pVALUE and chosen on valid
 #   TEST_SETS="name=SRC_FILE,REF_FILE ..."   more raw (detokenized) test sets to score every
 #                                   trained model on, without retraining
 #   JOBS=2                          trainings run at once (threads: nproc / JOBS each)
@@ -64,6 +69,10 @@ MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_r
 KD_GRID=${KD_GRID:-0.5:1}
 KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
+BETA_GRID=${BETA_GRID:-0.5}
+SKEW_GRID=${SKEW_GRID:-0.1}
+SELECTION_GRID=${SELECTION_GRID:-0.5}
+ON_POLICY_GRID=${ON_POLICY_GRID:-0.5}
 TEST_SETS=${TEST_SETS:-}
 JOBS=${JOBS:-2}
 STAGES=${STAGES:-train eval report}
@@ -139,18 +148,30 @@ store() {
   stamp "$name: $(tail -1 "$dir/$name.log")"
 }
 
-# kd_variant ROW: the word_kd options of a word_kd_* / store_* row (alpha KD_ALPHA, T 1 for all;
-# each one changes one thing against the word_kd row, with the papers' default settings).
+# variant_grid ROW: the candidates of a word_kd_* row's own setting (none for a row without one).
+variant_grid() {
+  case $1 in
+    word_kd_jsd) echo "$BETA_GRID" ;;
+    word_kd_skew_forward_kl|word_kd_skew_reverse_kl) echo "$SKEW_GRID" ;;
+    word_kd_select_batch|word_kd_select_global) echo "$SELECTION_GRID" ;;
+    word_kd_on_policy) echo "$ON_POLICY_GRID" ;;
+  esac
+}
+
+# kd_variant ROW [VALUE]: the word_kd options of a word_kd_* / store_* row (alpha KD_ALPHA, T 1 for
+# all; each one changes one thing against the word_kd row); VALUE its own setting (default: the
+# first of its grid, the papers' value).
 kd_variant() {
+  local v=${2:-$(set -- $(variant_grid "$1"); echo "${1:-}")}
   case $1 in
     word_kd_reverse_kl) echo "--teacher-path $T --kd-divergence reverse_kl" ;;
-    word_kd_jsd) echo "--teacher-path $T --kd-divergence jsd --kd-beta 0.5" ;;          # Agarwal et al. 2024
-    word_kd_skew_forward_kl) echo "--teacher-path $T --kd-divergence skew_forward_kl --kd-skew 0.1" ;;  # DistiLLM
-    word_kd_skew_reverse_kl) echo "--teacher-path $T --kd-divergence skew_reverse_kl --kd-skew 0.1" ;;
+    word_kd_jsd) echo "--teacher-path $T --kd-divergence jsd --kd-beta $v" ;;          # Agarwal et al. 2024: 0.5
+    word_kd_skew_forward_kl) echo "--teacher-path $T --kd-divergence skew_forward_kl --kd-skew $v" ;;  # DistiLLM: 0.1
+    word_kd_skew_reverse_kl) echo "--teacher-path $T --kd-divergence skew_reverse_kl --kd-skew $v" ;;
     word_kd_tvd) echo "--teacher-path $T --kd-divergence tvd" ;;
-    word_kd_select_batch) echo "--teacher-path $T --kd-selection batch --kd-selection-ratio 0.5" ;;   # Wang et al. 2021
-    word_kd_select_global) echo "--teacher-path $T --kd-selection global --kd-selection-ratio 0.5 --kd-selection-queue 30000" ;;
-    word_kd_on_policy) echo "--teacher-path $T --kd-on-policy-ratio 0.5" ;;            # GKD, greedy
+    word_kd_select_batch) echo "--teacher-path $T --kd-selection batch --kd-selection-ratio $v" ;;   # Wang et al. 2021: 0.5
+    word_kd_select_global) echo "--teacher-path $T --kd-selection global --kd-selection-ratio $v --kd-selection-queue 30000" ;;
+    word_kd_on_policy) echo "--teacher-path $T --kd-on-policy-ratio $v" ;;            # GKD, greedy: 0.5
     word_kd_topk8) echo "--teacher-path $T --kd-topk 8" ;;
     store_topk8) echo "--soft-labels $WORK/stores/topk8" ;;
     store_sampled12) echo "--soft-labels $WORK/stores/sampled12" ;;
@@ -194,9 +215,14 @@ student() {
         train "$m.a$a" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
           --distilled-data "$WORK/distill" --criterion seq_kd --kd-alpha "$a" --label-smoothing 0.1
       done ;;
-    word_kd_*|store_*) train "$m" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
-      --criterion word_kd --label-smoothing 0.1 --report-accuracy --kd-alpha "$KD_ALPHA" --kd-temperature 1 \
-      $(kd_variant "$row") ;;
+    word_kd_*|store_*)
+      local grid; grid=$(variant_grid "$row")
+      if [ "$(wc -w <<< "$grid")" -le 1 ]; then grid=-; fi  # one setting: the row is trained as ROW
+      for v in $grid; do
+        train "$(if [ "$v" = - ]; then echo "$m"; else echo "$m.p$v"; fi)" "$DATA" "$STUDENT_UPDATES" "$seed" \
+          "${STUDENT[@]}" --task translation_kd --criterion word_kd --label-smoothing 0.1 --report-accuracy \
+          --kd-alpha "$KD_ALPHA" --kd-temperature 1 $(kd_variant "$row" "${v#-}")
+      done ;;
     cmlm_raw) train "$m" "$DATA" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en --noise random_mask ;;
     cmlm_distill) train "$m" "$WORK/distill" "$NAT_UPDATES" "$seed" "${NAT[@]}" --arch cmlm_kd_iwslt_de_en \
       --noise random_mask ;;
@@ -286,6 +312,10 @@ pick() {
   done
   [ -n "$best" ] || { echo "study: no trained candidate of $row" >&2; return 1; }
   mkdir -p "$WORK/$row"
+  if [ -f "$WORK/$row/final.pt" ] && [ ! -L "$WORK/$row/final.pt" ]; then
+    echo "study: $WORK/$row/final.pt was trained with one setting, not chosen from a grid: move $WORK/$row to $WORK/$row.pVALUE (its setting) to make it a candidate" >&2
+    return 2
+  fi
   ln -sf "../$best/final.pt" "$WORK/$row/final.pt"
   echo "$best" > "$WORK/$row.choice"
   stamp "$row: $best chosen on valid (BLEU $best_bleu)"
@@ -307,6 +337,9 @@ if [[ " $STAGES " == *" eval "* ]]; then
   stamp "decoding (one model at a time, every thread: latency is measured here)"
   has word_kd && pick word_kd
   has seq_interp && pick seq_interp
+  for row in $MODELS; do
+    if [ "$(variant_grid "$row" | wc -w)" -gt 1 ]; then pick "$row"; fi
+  done
   models=()
   if [ -f "$T" ]; then models+=(teacher); fi
   for row in $MODELS; do
