@@ -141,3 +141,39 @@ def test_pick_chooses_the_best_valid_candidate_and_never_overwrites_a_trained_ro
     assert proc.stderr.strip().startswith(f"study: {tmp_path}/{row}/final.pt was trained with one setting")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (tmp_path / row / "final.pt").read_text() == "trained as the row"
+
+
+def test_another_raw_test_set_is_scored_like_the_studys_own(tmp_path):
+    """TEST_SETS: study.sh's extra_test tokenizes, BPE-segments and binarizes a raw test set with
+    the study's codes and dictionaries, and evaluate scores a trained model on it, latency
+    included. Given the raw text of the study's own test split, it reproduces that split's
+    hypotheses and BLEU exactly."""
+    import json
+
+    text, work = tmp_path / "text", tmp_path / "work"
+    utils.make_copy_task(str(text), "de", "en", n_train=200, n_test=12)
+    # codes learned with more merges than the corpus has pairs: every word stays whole
+    both = (text / "train.de").read_text() + (text / "train.en").read_text()
+    with open(text / "code", "w") as out:
+        subprocess.run([utils.command("subword-nmt"), "learn-bpe", "-s", "200"], input=both, text=True,
+                       stdout=out, check=True)
+    data = utils.preprocess(str(text), str(tmp_path / "bin"), src="de", tgt="en")
+    utils.train(data, str(work / "m"), max_update=30)
+    os.replace(work / "m" / "checkpoint_last.pt", work / "m" / "final.pt")
+    os.makedirs(text / "raw")
+    os.link(text / "test.en", text / "raw" / "test.en")
+
+    script = (f"set -euo pipefail; WORK={work} DATA={data} TEXT={text} CPU=--cpu LATENCY_SENTENCES=3; "
+              f"stamp() {{ echo \"$*\"; }}; {_functions('evaluate', 'extra_test')}; "
+              f"evaluate m test b1; extra_test mine {text}/test.de {text}/test.en; "
+              f"evaluate m mine b1 $WORK/extra/mine/bin {text}/test.en")
+    env = {**os.environ, "PATH": os.pathsep.join([utils.BIN, os.environ.get("PATH", "")])}
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert (work / "extra" / "mine" / "test.de").read_text() == (text / "test.de").read_text()
+    own, extra = (json.loads((work / "eval" / f"m.{tag}.b1" / "scores.json").read_text()) for tag in ("test", "mine"))
+    assert extra["sentences"] == own["sentences"] == 12
+    assert own["bleu"] > 0 and extra["bleu"] == own["bleu"] and extra["chrf"] == own["chrf"]
+    hyps = [(work / "eval" / f"m.{tag}.b1" / "hypotheses.txt").read_text() for tag in ("test", "mine")]
+    assert hyps[0] == hyps[1] and len(hyps[0].splitlines()) == 12
+    assert extra["latency"]["sentences"] == own["latency"]["sentences"] == 3
