@@ -226,6 +226,7 @@ def main(argv=None) -> int:
             import matplotlib
 
             matplotlib.use("Agg")
+            import matplotlib.ticker
             import matplotlib.pyplot as plt
         except ImportError:
             print("report: matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
@@ -236,6 +237,10 @@ def main(argv=None) -> int:
             ax.scatter(speedup, bleu, marker=marker, color="tab:red" if is_nat(row) else "tab:blue")
             ax.annotate(f"{row} {SETTING_NAME[s]}", (speedup, bleu), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ticks = [t for t in (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8) if
+                 min(p[2] for p in speed_points) / 1.2 <= t <= max(p[2] for p in speed_points) * 1.2]
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("speed-up over the AT student at beam 5 (batch 1 latency, CPU)")
         ax.set_ylabel("sacreBLEU, test2016")
         ax.set_title("Multi30k De-En: quality against decoding speed")
