@@ -16,7 +16,14 @@
 #   JOBS=$(nproc)              the dump's shards and the two students run this many at a
 #                              time, one thread each (2 on 2 cores); 1 = one after another
 # The defaults took 13 min 38 s on 2 idle cores (25 CPU-minutes; 2026-11-22, RESULTS.md 1).
-#   TOPK=8 PASSES=7 KD_ALPHA=0.5 KD_TEMPERATURE=10           the paper's IWSLT settings
+#   TOPK=8 PASSES=7 KD_GRID=0.5:10     top-K, the dump's passes and the student's alpha:T: the
+#                              paper's IWSLT settings; several alpha:T candidates ("0.5:1 0.5:10")
+#                              are each trained on the first seed and chosen on valid BLEU (greedy)
+#   TEACHER_MAX_UPDATES=$TEACHER_UPDATES  more than TEACHER_UPDATES: the baseline trains first and the
+#                              teacher continues in steps of TEACHER_UPDATES until its masked-token
+#                              accuracy on valid beats the baseline's token accuracy there, or this
+#   SEEDS=1                    seeds of the baseline and the BERT-KD student ("1 2": mean over seeds)
+#   BEAMS=5                    beam sizes test2016 is decoded with (the study: "1 5")
 #   WORK=work_dirs/quickstart_bert                           where everything is written
 #   CPU=--cpu                  set CPU= (empty) to use a GPU
 set -euo pipefail
@@ -28,8 +35,10 @@ STUDENT_UPDATES=${STUDENT_UPDATES:-300}
 MAX_TOKENS=${MAX_TOKENS:-4096}
 TOPK=${TOPK:-8}
 PASSES=${PASSES:-7}
-KD_ALPHA=${KD_ALPHA:-0.5}
-KD_TEMPERATURE=${KD_TEMPERATURE:-10}
+KD_GRID=${KD_GRID:-0.5:10}
+TEACHER_MAX_UPDATES=${TEACHER_MAX_UPDATES:-$TEACHER_UPDATES}
+SEEDS=${SEEDS:-1}
+BEAMS=${BEAMS:-5}
 WORK=${WORK:-work_dirs/quickstart_bert}
 JOBS=${JOBS:-$(nproc)}
 CPU=${CPU---cpu}
@@ -61,8 +70,10 @@ if [ ! -f "$DATA/dict.en.txt" ]; then
   if [ "$TRAIN_SENTENCES" -gt 0 ]; then
     for l in de en; do head -n "$TRAIN_SENTENCES" "$WORK/wp/train.$l" > "$WORK/wp/train.sub.$l"; mv "$WORK/wp/train.sub.$l" "$WORK/wp/train.$l"; done
   fi
-  gunzip -c "$FAIRSEQ_KD_DATA/multi30k/test_2016_flickr.en.gz" > "$WORK/test.raw.en"
-  fairseq-kd-bert-tokenize "$WORK/test.raw.en" --vocab "$BERT_PATH" --normalize -o "$WORK/test.ref.en" 2>> "$WORK/tokenize.log"
+  for split in valid test; do  # references normalized like the vocabulary (uncased scores)
+    gunzip -c "$FAIRSEQ_KD_DATA/multi30k/${STEM[$split]}.en.gz" > "$WORK/$split.raw.en"
+    fairseq-kd-bert-tokenize "$WORK/$split.raw.en" --vocab "$BERT_PATH" --normalize -o "$WORK/$split.ref.en" 2>> "$WORK/tokenize.log"
+  done
   fairseq-preprocess --source-lang de --target-lang en --joined-dictionary --workers 2 \
     --trainpref "$WORK/wp/train" --validpref "$WORK/wp/valid" --testpref "$WORK/wp/test" \
     --destdir "$DATA.tmp" > "$WORK/preprocess.log" 2>&1
@@ -72,39 +83,99 @@ stamp "data ready: $(wc -l < "$WORK/wp/train.en") training pairs, $(wc -l < "$DA
 
 COMMON=(--user-dir fairseq_kd --optimizer adam --adam-betas "(0.9,0.98)" --lr-scheduler inverse_sqrt
   --max-tokens "$MAX_TOKENS" --no-epoch-checkpoints --save-interval-updates 0 --required-batch-size-multiple 1
-  --validate-interval 100000 --log-format simple --log-interval 25 --seed 1 $CPU)
+  --validate-interval 100000 --log-format simple --log-interval 25 $CPU)
 # --validate-interval 100000: one validation, after the last update (the teacher's masks on
 # valid are fixed, so its masked-token accuracy there compares with the student's token accuracy)
 STUDENT=(--arch transformer --share-all-embeddings --encoder-layers 2 --decoder-layers 2
   --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
   --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.1 --lr 0.001 --warmup-updates 100)
+FIRST_SEED=${SEEDS%% *}
+read -ra CANDIDATES <<< "$KD_GRID"
 
-train() {  # name, max updates, args...
-  local name=$1 updates=$2; shift 2
+train() {  # name, max updates, seed, args...: skipped when $WORK/name/final.pt exists
+  local name=$1 updates=$2 seed=$3; shift 3
   if [ -f "$WORK/$name/final.pt" ]; then stamp "$name already trained"; return; fi
-  stamp "training $name ($updates updates)"
-  fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$WORK/$name" --max-update "$updates" "$@" > "$WORK/$name.log" 2>&1 \
-    || { tail -30 "$WORK/$name.log"; exit 1; }
-  mv "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt"
+  stamp "training $name ($updates updates, seed $seed)"
+  fairseq-train "$DATA" "${COMMON[@]}" --seed "$seed" --save-dir "$WORK/$name" --max-update "$updates" "$@" \
+    >> "$WORK/$name.log" 2>&1 || { tail -30 "$WORK/$name.log"; return 1; }
+  cp "$WORK/$name/checkpoint_last.pt" "$WORK/$name/final.pt.tmp" && mv "$WORK/$name/final.pt.tmp" "$WORK/$name/final.pt"
 }
 
-bleu() {  # name -> sacreBLEU of test2016 (uncased: the MiniLM vocabulary is uncased)
-  fairseq-generate "$DATA" --user-dir fairseq_kd --path "$WORK/$1/final.pt" --gen-subset test \
-    --beam 5 --max-len-a 1.2 --max-len-b 10 --max-tokens 8000 --required-batch-size-multiple 1 $CPU \
-    > "$WORK/$1.test.out" 2>/dev/null
-  grep '^H-' "$WORK/$1.test.out" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 > "$WORK/$1.test.wp"
-  fairseq-kd-bert-tokenize "$WORK/$1.test.wp" --vocab "$BERT_PATH" --detokenize --lang en \
-    -o "$WORK/$1.test.en" 2>/dev/null
-  sacrebleu "$WORK/test.ref.en" -i "$WORK/$1.test.en" -b
-}
-
-# 2. C-MLM fine-tuning of the BERT teacher (only target slots masked).
-train teacher "$TEACHER_UPDATES" --task conditional_mlm --arch bert_teacher_base --bert-path "$BERT_PATH" \
-  --criterion label_smoothed_cross_entropy --label-smoothing 0 --report-accuracy \
-  --lr 0.0003 --warmup-updates $(( TEACHER_UPDATES / 10 + 1 )) --dropout 0.1 --max-tokens "$TEACHER_MAX_TOKENS"
 valid_accuracy() {  # name -> token accuracy (%) of its last validation
   grep -o "valid on 'valid' subset.*" "$WORK/$1.log" | grep -o ' accuracy [0-9.]*' | tail -1 | awk '{print $2}'
 }
+greater() { python -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$1" "$2"; }
+
+# parallel CMD...: run each quoted command line, JOBS at a time with one thread each (all the
+# threads when JOBS is 1); fails when any fails.
+parallel() {
+  local cmd pids=() status=0
+  for cmd in "$@"; do
+    if [ "$JOBS" -gt 1 ]; then
+      (export OMP_NUM_THREADS=1; eval "$cmd") & pids+=($!)
+      if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}" || status=1; pids=("${pids[@]:1}"); fi
+    else
+      eval "$cmd" || status=1
+    fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  return "$status"
+}
+
+model() { if [ "$2" = "$FIRST_SEED" ]; then echo "$1"; else echo "$1.s$2"; fi; }  # base, seed -> name
+baseline() {  # seed
+  train "$(model baseline "$1")" "$STUDENT_UPDATES" "$1" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy \
+    --label-smoothing 0.1 --report-accuracy
+}
+distilled() {  # name, seed, alpha:T: the same student, half its loss from the teacher's top-K store
+  train "$1" "$STUDENT_UPDATES" "$2" "${STUDENT[@]}" --task translation_kd --soft-labels "$WORK/soft_labels" \
+    --criterion word_kd --label-smoothing 0.1 --kd-alpha "${3%%:*}" --kd-temperature "${3##*:}" --kd-topk "$TOPK" \
+    --report-accuracy
+}
+candidate() { if [ "${#CANDIDATES[@]}" -eq 1 ]; then echo bert_kd; else echo "bert_kd.a${1%%:*}_T${1##*:}"; fi; }
+
+# score NAME SUBSET BEAM: "BLEU chrF" of NAME's detokenized output against the normalized
+# reference (uncased: the MiniLM vocabulary is uncased), kept in $WORK/scores/.
+score() {
+  local name=$1 subset=$2 beam=$3 out=$WORK/scores/$1.$2.b$3
+  if [ ! -f "$out.txt" ]; then
+    mkdir -p "$WORK/scores"
+    fairseq-generate "$DATA" --user-dir fairseq_kd --path "$WORK/$name/final.pt" --gen-subset "$subset" \
+      --beam "$beam" --max-len-a 1.2 --max-len-b 10 --max-tokens 8000 --required-batch-size-multiple 1 $CPU \
+      > "$out.out" 2>/dev/null
+    grep '^H-' "$out.out" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 > "$out.wp"
+    fairseq-kd-bert-tokenize "$out.wp" --vocab "$BERT_PATH" --detokenize --lang en -o "$out.en" 2>/dev/null
+    sacrebleu "$WORK/$subset.ref.en" -i "$out.en" -m bleu chrf -b | tr -d '[],' | xargs > "$out.txt.tmp"
+    mv "$out.txt.tmp" "$out.txt"
+  fi
+  cat "$out.txt"
+}
+
+# 2. C-MLM fine-tuning of the BERT teacher (only target slots masked), in steps of
+# TEACHER_UPDATES up to TEACHER_MAX_UPDATES while it is not better than the baseline on valid.
+if [ "$TEACHER_MAX_UPDATES" -gt "$TEACHER_UPDATES" ]; then
+  stamp "the baselines first: the teacher trains until it beats their valid token accuracy"
+  cmds=()
+  for s in $SEEDS; do cmds+=("baseline $s"); done
+  parallel "${cmds[@]}" || exit 1
+fi
+if [ ! -f "$WORK/teacher/final.pt" ]; then
+  updates=$TEACHER_UPDATES
+  while :; do
+    stamp "training teacher (to $updates updates)"
+    fairseq-train "$DATA" "${COMMON[@]}" --seed "$FIRST_SEED" --save-dir "$WORK/teacher" --max-update "$updates" \
+      --task conditional_mlm --arch bert_teacher_base --bert-path "$BERT_PATH" \
+      --criterion label_smoothed_cross_entropy --label-smoothing 0 --report-accuracy \
+      --lr 0.0003 --warmup-updates $(( TEACHER_UPDATES / 10 + 1 )) --dropout 0.1 --max-tokens "$TEACHER_MAX_TOKENS" \
+      >> "$WORK/teacher.log" 2>&1 || { tail -30 "$WORK/teacher.log"; exit 1; }
+    acc=$(valid_accuracy teacher)
+    stamp "teacher at $updates updates: masked-token accuracy $acc% on valid"
+    [ "$updates" -lt "$TEACHER_MAX_UPDATES" ] || break
+    greater "$acc" "$(valid_accuracy baseline)" && break
+    updates=$(( updates + TEACHER_UPDATES > TEACHER_MAX_UPDATES ? TEACHER_MAX_UPDATES : updates + TEACHER_UPDATES ))
+  done
+  cp "$WORK/teacher/checkpoint_last.pt" "$WORK/teacher/final.pt.tmp" && mv "$WORK/teacher/final.pt.tmp" "$WORK/teacher/final.pt"
+fi
 TEACHER_ACC=$(valid_accuracy teacher)
 stamp "teacher: masked-token accuracy $TEACHER_ACC% on valid (fixed masks), $(grep -o 'accuracy [0-9.]*' "$WORK/teacher.log" | grep -v valid | tail -1 | awk '{print $2}')% on its last training batches"
 
@@ -125,24 +196,30 @@ if [ ! -f "$WORK/soft_labels/header.json" ]; then
   fi
 fi
 
-baseline() {  # the baseline and the BERT-distilled student: same model, data and budget
-  train baseline "$STUDENT_UPDATES" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-    --report-accuracy
-}
-distilled() {
-  train bert_kd "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_kd --soft-labels "$WORK/soft_labels" \
-    --criterion word_kd --label-smoothing 0.1 --kd-alpha "$KD_ALPHA" --kd-temperature "$KD_TEMPERATURE" --kd-topk "$TOPK" \
-    --report-accuracy
-}
-if [ "$JOBS" -gt 1 ]; then  # both at once, one thread each
-  OMP_NUM_THREADS=1 baseline & p1=$!
-  OMP_NUM_THREADS=1 distilled & p2=$!
-  s1=0 s2=0; wait "$p1" || s1=$?; wait "$p2" || s2=$?
-  [ "$s1" -eq 0 ] && [ "$s2" -eq 0 ] || exit 1
-else
-  baseline
-  distilled
+# 4. The students (same model, data, budget): the baseline for every seed and each alpha:T
+# candidate on the first seed; the candidate with the best valid BLEU (greedy) is BERT-KD and
+# trains on the other seeds.
+cmds=()
+for s in $SEEDS; do cmds+=("baseline $s"); done
+for c in "${CANDIDATES[@]}"; do cmds+=("distilled $(candidate "$c") $FIRST_SEED $c"); done
+parallel "${cmds[@]}" || exit 1
+CHOSEN=${CANDIDATES[0]}
+if [ "${#CANDIDATES[@]}" -gt 1 ]; then
+  best=-1
+  for c in "${CANDIDATES[@]}"; do
+    b=$(score "$(candidate "$c")" valid 1 | awk '{print $1}')
+    stamp "$(candidate "$c"): valid BLEU $b (greedy)"
+    if greater "$b" "$best"; then best=$b CHOSEN=$c; fi
+  done
+  mkdir -p "$WORK/bert_kd"
+  ln -sf "../$(candidate "$CHOSEN")/final.pt" "$WORK/bert_kd/final.pt"
+  cp "$WORK/$(candidate "$CHOSEN").log" "$WORK/bert_kd.log"
+  echo "$CHOSEN" > "$WORK/bert_kd.choice"
+  stamp "alpha:T $CHOSEN chosen on valid (BLEU $best)"
 fi
+cmds=()
+for s in $SEEDS; do [ "$s" = "$FIRST_SEED" ] || cmds+=("distilled bert_kd.s$s $s $CHOSEN"); done
+parallel "${cmds[@]}" || exit 1
 
 STUDENT_ACC=$(valid_accuracy baseline)
 echo
@@ -151,9 +228,15 @@ if python -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))
   echo "WARNING: the teacher is not better than the student it teaches: expect distillation to hurt; train the teacher longer (TEACHER_UPDATES)"
 fi
 stamp "decoding test2016"
-B=$(bleu baseline); S=$(bleu bert_kd)
-printf '\nMulti30k De-En test2016 sacreBLEU, uncased (%s training pairs; teacher %s updates, students %s updates)\n' \
-  "$(wc -l < "$WORK/wp/train.en")" "$TEACHER_UPDATES" "$STUDENT_UPDATES"
-printf '  %-48s %6s\n' "baseline  (2x128 Transformer, label smoothing)" "$B" \
-  "BERT-KD   (same, top-$TOPK C-MLM soft labels, a=$KD_ALPHA T=$KD_TEMPERATURE)" "$S"
+TEACHER_DONE=$(grep -o 'num_updates [0-9]*' "$WORK/teacher.log" | tail -1 | awk '{print $2}')
+printf '\nMulti30k De-En test2016 sacreBLEU / chrF, uncased (%s training pairs; teacher %s updates, students %s updates)\n' \
+  "$(wc -l < "$WORK/wp/train.en")" "$TEACHER_DONE" "$STUDENT_UPDATES"
+for beam in $BEAMS; do
+  for s in $SEEDS; do
+    printf '  %-58s %s\n' "baseline  (2x128 Transformer, label smoothing), seed $s, beam $beam" \
+      "$(score "$(model baseline "$s")" test "$beam")" \
+      "BERT-KD   (same, top-$TOPK C-MLM soft labels, a=${CHOSEN%%:*} T=${CHOSEN##*:}), seed $s, beam $beam" \
+      "$(score "$(model bert_kd "$s")" test "$beam")"
+  done
+done
 stamp "done"

@@ -21,7 +21,9 @@
 #                  word-KD from the online teacher's top 8, from its top-8 soft-label store and from
 #                  its 12-sample store (fairseq-kd-dump-soft-labels), not in the default MODELS
 #   bert_kd        the BERT (C-MLM MiniLM) teacher's top-K store -> student, with its own
-#                  WordPiece baseline (scripts/quickstart_bert.sh at this study's budgets)
+#                  WordPiece baseline (scripts/quickstart_bert.sh at this study's budgets, SEEDS
+#                  for both; its teacher trains until it beats that baseline on valid), not in
+#                  the default MODELS (hours on 2 CPU cores)
 #
 # Every student trains STUDENT_UPDATES (NAT: NAT_UPDATES) updates of <= MAX_TOKENS tokens,
 # validates each epoch, and keeps its best checkpoint on the valid split's gold NLL. Every
@@ -41,6 +43,10 @@
 #                                   teacher is trained when a row needs it, or when MODELS names it)
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid
+#   BERT_TEACHER_UPDATES=400 BERT_TEACHER_MAX_UPDATES=2000   the C-MLM teacher's steps and most
+#                                   updates (it stops once its valid masked-token accuracy is above
+#                                   the WordPiece baseline's valid token accuracy)
+#   BERT_KD_GRID="0.5:1 0.5:10"     bert_kd candidates alpha:T (top-8 store), chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
 #   BETA_GRID="0.5" SKEW_GRID="0.1" SELECTION_GRID="0.5" ON_POLICY_GRID="0.5"
 #                                   the objective rows' own setting (--kd-beta of word_kd_jsd,
@@ -69,6 +75,9 @@ MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_r
 KD_GRID=${KD_GRID:-0.5:1}
 KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
+BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-400}
+BERT_TEACHER_MAX_UPDATES=${BERT_TEACHER_MAX_UPDATES:-2000}
+BERT_KD_GRID=${BERT_KD_GRID:-0.5:1 0.5:10}
 BETA_GRID=${BETA_GRID:-0.5}
 SKEW_GRID=${SKEW_GRID:-0.1}
 SELECTION_GRID=${SELECTION_GRID:-0.5}
@@ -232,8 +241,9 @@ student() {
       --noise random_delete ;;
     teacher) teacher ;;
     bert_kd) FAIRSEQ_KD_DATA=${FAIRSEQ_KD_DATA:-} TRAIN_SENTENCES=0 STUDENT_UPDATES=$STUDENT_UPDATES \
-      SEED=$seed WORK=$WORK/bert_kd bash scripts/quickstart_bert.sh > "$WORK/bert_kd.log" 2>&1 \
-      || { tail -20 "$WORK/bert_kd.log"; return 1; } ;;
+      MAX_TOKENS=$MAX_TOKENS TEACHER_UPDATES=$BERT_TEACHER_UPDATES TEACHER_MAX_UPDATES=$BERT_TEACHER_MAX_UPDATES \
+      KD_GRID=$BERT_KD_GRID SEEDS=$SEEDS BEAMS="1 5" JOBS=$JOBS CPU=$CPU WORK=$WORK/bert_kd \
+      bash scripts/quickstart_bert.sh >> "$WORK/bert_kd.log" 2>&1 || { tail -20 "$WORK/bert_kd.log"; return 1; } ;;
     *) echo "study: unknown model $row" >&2; return 2 ;;
   esac
 }
