@@ -3,7 +3,7 @@
 Reads what ``examples/multi30k/study.sh`` wrote under WORK (training logs
 ``NAME.log``, ``eval/NAME.TAG.SETTING/scores.json`` of ``fairseq-kd-evaluate``,
 ``distill.stats.json`` / ``seqinter.stats.json`` of ``fairseq-kd-data-stats``,
-``ROW.choice`` of the settings chosen on valid) and writes ``WORK/results.md``
+``ROW.choice`` of the settings chosen on valid, ``bert_kd/`` of the bert_kd row) and writes ``WORK/results.md``
 and ``WORK/bleu_vs_speed.png``; prints the table.
 
     python examples/multi30k/report.py WORK --seeds 1 2 --models baseline word_kd ...
@@ -104,6 +104,57 @@ def convergence(curve: List[Dict[str, float]], metric: str) -> str:
     return f"yes: best valid {metric} at epoch {curve[best]['epoch']} of {curve[-1]['epoch']}"
 
 
+def bert_kd_table(work: str, seeds: List[str]) -> List[str]:
+    """The bert_kd row (``WORK/bert_kd``, written by scripts/quickstart_bert.sh): its own
+    WordPiece baseline and BERT-KD on test2016 (uncased), the C-MLM teacher's budget and
+    valid masked-token accuracy against that baseline's valid token accuracy, and the
+    alpha:T candidates' valid BLEU."""
+    root = os.path.join(work, "bert_kd")
+
+    def read(model: str, tag: str, beam: str) -> Optional[List[float]]:
+        path = os.path.join(root, "scores", f"{model}.{tag}.{beam}.txt")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return [float(v) for v in f.read().split()]
+
+    def seed_scores(model: str, beam: str, i: int) -> List[float]:
+        got = [read(model if s == seeds[0] else f"{model}.s{s}", "test", beam) for s in seeds]
+        return [g[i] for g in got if g is not None]
+
+    if not os.path.isdir(os.path.join(root, "scores")):
+        return []
+    out = ["| BERT-KD row (WordPiece, uncased) | BLEU beam 1 | chrF beam 1 | BLEU beam 5 | chrF beam 5 | seeds "
+           "| vs its baseline (BLEU, beam 1 / 5) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    choice = os.path.join(root, "bert_kd.choice")
+    chosen = open(choice).read().strip() if os.path.isfile(choice) else None
+    for model, what in (("baseline", "its baseline (2+2 x 128, label smoothing 0.1)"),
+                        ("bert_kd", "BERT-KD: the C-MLM teacher's top-K store"
+                         + (f", alpha:T {chosen} chosen on valid" if chosen else ""))):
+        cells = [fmt(seed_scores(model, b, i)) for b in ("b1", "b5") for i in (0, 1)]
+        delta = "–"
+        if model == "bert_kd":
+            d = [statistics.mean(seed_scores("bert_kd", b, 0)) - statistics.mean(seed_scores("baseline", b, 0))
+                 for b in ("b1", "b5") if seed_scores("bert_kd", b, 0) and seed_scores("baseline", b, 0)]
+            delta = " / ".join(f"{x:+.2f}" for x in d) or "–"
+        out.append(f"| {what} | {' | '.join(cells)} | {len(seed_scores(model, 'b1', 0))} | {delta} |")
+    out.append("")
+    teacher, student = valid_curve(root, "teacher"), valid_curve(root, "baseline")
+    if teacher and student and "accuracy" in teacher[-1] and "accuracy" in student[-1]:
+        updates = int(teacher[-1].get("num_updates", 0))
+        line = (f"C-MLM teacher: {updates} updates, masked-token accuracy {teacher[-1]['accuracy']:.1f}% on valid "
+                f"(fixed masks) vs the WordPiece baseline's token accuracy {student[-1]['accuracy']:.1f}%.")
+        if teacher[-1]["accuracy"] <= student[-1]["accuracy"]:
+            line += " WARNING: the teacher is not better than the student it teaches."
+        out += [line, ""]
+    candidates = sorted(glob.glob(os.path.join(root, "scores", "bert_kd.a*.valid.b1.txt")))
+    if candidates:
+        names = [os.path.basename(c)[len("bert_kd."):-len(".valid.b1.txt")] for c in candidates]
+        out += ["Valid BLEU (greedy) of the alpha:T candidates: " + ", ".join(
+            f"{n} {read('bert_kd.' + n, 'valid', 'b1')[0]:.2f}" for n in names) + ".", ""]
+    return out
+
+
 def fmt(values: List[float]) -> str:
     if not values:
         return "–"
@@ -160,6 +211,10 @@ def main(argv=None) -> int:
             out.append(f"| {row} | {what} | {' | '.join(cells)} | {n} | {delta} | "
                        f"{convergence(valid_curve(work, row), metric)} |")
         out.append("")
+
+    # ---- BERT as a teacher: its own tokenization, baseline and teacher
+    if "bert_kd" in args.models:
+        out += bert_kd_table(work, args.seeds)
 
     # ---- teacher vs student
     t_curve, s_curve = valid_curve(work, "teacher"), valid_curve(work, "baseline")
