@@ -233,7 +233,7 @@ printf '\nMulti30k De-En test2016 sacreBLEU / chrF, uncased (%s training pairs; 
   "$(wc -l < "$WORK/wp/train.en")" "$TEACHER_DONE" "$STUDENT_UPDATES"
 for beam in $BEAMS; do
   for s in $SEEDS; do
-    printf '  %-58s %s\n' "baseline  (2x128 Transformer, label smoothing), seed $s, beam $beam" \
+    printf '  %-72s %s\n' "baseline  (2x128 Transformer, label smoothing), seed $s, beam $beam" \
       "$(score "$(model baseline "$s")" test "$beam")" \
       "BERT-KD   (same, top-$TOPK C-MLM soft labels, a=${CHOSEN%%:*} T=${CHOSEN##*:}), seed $s, beam $beam" \
       "$(score "$(model bert_kd "$s")" test "$beam")"
