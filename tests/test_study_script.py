@@ -177,3 +177,22 @@ def test_another_raw_test_set_is_scored_like_the_studys_own(tmp_path):
     hyps = [(work / "eval" / f"m.{tag}.b1" / "hypotheses.txt").read_text() for tag in ("test", "mine")]
     assert hyps[0] == hyps[1] and len(hyps[0].splitlines()) == 12
     assert extra["latency"]["sentences"] == own["latency"]["sentences"] == 3
+
+
+def test_a_word_kd_candidate_can_take_hintons_form(tiny_data, tmp_path):
+    """KD_GRID "alpha:T" softens the teacher only; "alpha:Th" puts teacher and student at T and
+    scales the KD term by T^2 (Hinton et al. 2015): each candidate builds word_kd so."""
+    script = (f"set -euo pipefail; KD_GRID='0.5:2 0.3:4h' T=t.pt WORK={tmp_path} first_seed=1 DATA=d "
+              f"STUDENT_UPDATES=1 STUDENT=(--arch a); train() {{ echo \"$1 ${{*:5}}\"; }}; "
+              f"{_functions('model_name', 'student')}; student word_kd 1")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    runs = [(line.split()[0], line.split()[1:]) for line in proc.stdout.splitlines()]
+    assert [name for name, _ in runs] == ["word_kd.a0.5_T2", "word_kd.a0.3_T4h"]
+    want = [(0.5, 2.0, 1.0, False), (0.3, 4.0, 4.0, True)]
+    for (_, options), (alpha, t, student_t, t2) in zip(runs, want):
+        kd = options[options.index("--criterion"):]  # the criterion's options (no teacher needed to build it)
+        _, _, _, criterion = utils.build_in_process([tiny_data, *utils.TINY_TRANSFORMER, "--cpu",
+                                                     "--task", "translation_kd", *kd])
+        assert (criterion.kd_alpha, criterion.kd_temperature, criterion.kd_student_temperature,
+                criterion.kd_t2_scaling) == (alpha, t, student_t, t2)

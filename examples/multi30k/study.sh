@@ -42,7 +42,8 @@
 #   MODELS="baseline word_kd ..."   rows to train and score (default: all above but bert_kd; the
 #                                   teacher is trained when a row needs it, or when MODELS names it)
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
-#   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid
+#   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid (T softens the teacher
+#                                   only; alpha:Th is Hinton et al.'s form: teacher and student at T, KD x T^2)
 #   BERT_TEACHER_UPDATES=400 BERT_TEACHER_MAX_UPDATES=2000   the C-MLM teacher's steps and most
 #                                   updates (it stops once its valid masked-token accuracy is above
 #                                   the WordPiece baseline's valid token accuracy)
@@ -209,9 +210,12 @@ student() {
     baseline) train "$m" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" \
       --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy ;;
     word_kd) for g in $KD_GRID; do
+        local t=${g##*:} both=()
+        # T: the teacher alone softened; Th: Hinton et al.'s form, both at T and the KD term times T^2
+        if [[ $t == *h ]]; then t=${t%h} both=(--kd-student-temperature "$t" --kd-t2-scaling); fi
         train "$m.a${g%%:*}_T${g##*:}" "$DATA" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" --task translation_kd \
           --teacher-path "$T" --criterion word_kd --label-smoothing 0.1 --report-accuracy \
-          --kd-alpha "${g%%:*}" --kd-temperature "${g##*:}"
+          --kd-alpha "${g%%:*}" --kd-temperature "$t" "${both[@]}"
       done ;;
     seq_kd) train "$m" "$WORK/distill" "$STUDENT_UPDATES" "$seed" "${STUDENT[@]}" \
       --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy ;;
