@@ -1,4 +1,5 @@
-"""tests/utils.py's command runner: one retry of a native abort at interpreter exit only."""
+"""tests/utils.py's command runner: a native abort at interpreter exit is run again once, or kept
+when a fairseq-train had finished ("done training"); nothing else is retried."""
 import sys
 
 import pytest
@@ -30,3 +31,13 @@ def test_other_failures_are_not_retried(tmp_path):
     with pytest.raises(AssertionError, match=r"command failed \(3\)"):
         utils.run([sys.executable, "-c", once, tmp_path / "count"])
     assert (tmp_path / "count").read_text() == "x"  # ran once
+
+
+def test_a_fairseq_train_that_aborts_after_done_training_keeps_its_output(tmp_path):
+    """Running it again would resume from its saved checkpoint and train nothing."""
+    done = ("import os, sys\nopen(sys.argv[1], 'a').write('x')\n"
+            "print('epoch 001 | loss 1.0'); print('done training in 0.1 seconds'); sys.stdout.flush()\n"
+            "sys.stderr.write('terminate called without an active exception\\n'); sys.stderr.flush(); os.abort()\n")
+    proc = utils.run([sys.executable, "-c", done, tmp_path / "runs"])
+    assert proc.returncode == 0 and "epoch 001 | loss 1.0" in proc.stdout
+    assert (tmp_path / "runs").read_text() == "x"  # ran once
