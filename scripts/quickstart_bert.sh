@@ -135,9 +135,12 @@ distilled() {  # name, seed, alpha:T: the same student, half its loss from the t
 candidate() { if [ "${#CANDIDATES[@]}" -eq 1 ]; then echo bert_kd; else echo "bert_kd.a${1%%:*}_T${1##*:}"; fi; }
 
 # score NAME SUBSET BEAM: "BLEU chrF" of NAME's detokenized output against the normalized
-# reference (uncased: the MiniLM vocabulary is uncased), kept in $WORK/scores/.
+# reference (uncased: the MiniLM vocabulary is uncased), kept in $WORK/scores/ under the name of
+# the model NAME/final.pt is (a chosen candidate's own name).
 score() {
-  local name=$1 subset=$2 beam=$3 out=$WORK/scores/$1.$2.b$3
+  local name subset=$2 beam=$3 out
+  name=$(basename "$(dirname "$(readlink -f "$WORK/$1/final.pt")")")
+  out=$WORK/scores/$name.$subset.b$beam
   if [ ! -f "$out.txt" ]; then
     mkdir -p "$WORK/scores"
     fairseq-generate "$DATA" --user-dir fairseq_kd --path "$WORK/$name/final.pt" --gen-subset "$subset" \
@@ -211,15 +214,22 @@ if [ "${#CANDIDATES[@]}" -gt 1 ]; then
     stamp "$(candidate "$c"): valid BLEU $b (greedy)"
     if greater "$b" "$best"; then best=$b CHOSEN=$c; fi
   done
-  mkdir -p "$WORK/bert_kd"
-  ln -sf "../$(candidate "$CHOSEN")/final.pt" "$WORK/bert_kd/final.pt"
-  cp "$WORK/$(candidate "$CHOSEN").log" "$WORK/bert_kd.log"
   echo "$CHOSEN" > "$WORK/bert_kd.choice"
   stamp "alpha:T $CHOSEN chosen on valid (BLEU $best)"
 fi
 cmds=()
-for s in $SEEDS; do [ "$s" = "$FIRST_SEED" ] || cmds+=("distilled bert_kd.s$s $s $CHOSEN"); done
+for s in $SEEDS; do [ "$s" = "$FIRST_SEED" ] || cmds+=("distilled $(candidate "$CHOSEN").s$s $s $CHOSEN"); done
 parallel "${cmds[@]}" || exit 1
+# With a grid, bert_kd[.sS]/final.pt link to the chosen candidate's models (never over a trained one).
+if [ "${#CANDIDATES[@]}" -gt 1 ]; then
+  for s in $SEEDS; do
+    link=$WORK/$(model bert_kd "$s")/final.pt chosen=$(candidate "$CHOSEN")$([ "$s" = "$FIRST_SEED" ] || echo ".s$s")
+    if [ -f "$link" ] && [ ! -L "$link" ]; then
+      echo "quickstart_bert: $link was trained with one alpha:T, not chosen from KD_GRID: move it away first" >&2; exit 2
+    fi
+    mkdir -p "$(dirname "$link")" && ln -sfn "../$chosen/final.pt" "$link"
+  done
+fi
 
 STUDENT_ACC=$(valid_accuracy baseline)
 echo

@@ -46,11 +46,11 @@ def run(tmp_path_factory):
                PATH=os.path.dirname(utils.command("fairseq-train")) + os.pathsep + os.environ["PATH"])
     proc = subprocess.run(["bash", "scripts/quickstart_bert.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout
+    return work, proc.stdout, env
 
 
 def test_the_teacher_grows_until_it_beats_the_baseline_or_its_budget(run):
-    work, out = run
+    work, out, _ = run
     lines = out.splitlines()
     first_teacher = next(i for i, l in enumerate(lines) if "training teacher" in l)
     assert any("training baseline.s2" in l for l in lines[:first_teacher])
@@ -66,7 +66,7 @@ def test_the_teacher_grows_until_it_beats_the_baseline_or_its_budget(run):
 
 
 def test_the_best_valid_candidate_is_bert_kd_and_trains_on_the_other_seeds(run):
-    work, out = run
+    work, out, _ = run
     valid = {}
     for alpha_t, name in (("0.5:1", "bert_kd.a0.5_T1"), ("0.7:10", "bert_kd.a0.7_T10")):
         valid[alpha_t] = float(open(os.path.join(work, "scores", f"{name}.valid.b1.txt")).read().split()[0])
@@ -76,18 +76,22 @@ def test_the_best_valid_candidate_is_bert_kd_and_trains_on_the_other_seeds(run):
         assert chosen == "0.5:1"  # ties keep the first candidate
     name = "bert_kd.a" + chosen.replace(":", "_T")
     assert os.readlink(os.path.join(work, "bert_kd", "final.pt")) == f"../{name}/final.pt"
+    assert os.readlink(os.path.join(work, "bert_kd.s2", "final.pt")) == f"../{name}.s2/final.pt"
     alpha, t = chosen.split(":")
-    config = open(os.path.join(work, "bert_kd.s2.log")).read()
+    config = open(os.path.join(work, f"{name}.s2.log")).read()
     assert f"'kd_alpha': {alpha}" in config and f"'kd_temperature': {float(t)}" in config
     assert "'seed': 2" in config
     assert "'seed': 1" in open(os.path.join(work, f"{name}.log")).read()
-    assert not os.path.exists(os.path.join(work, "bert_kd.s2.log").replace("bert_kd.s2", "bert_kd.a0.5_T1.s2"))
+    other = next(n for n in ("bert_kd.a0.5_T1", "bert_kd.a0.7_T10") if n != name)
+    assert not os.path.exists(os.path.join(work, f"{other}.s2"))  # only the chosen one trains on seed 2
 
 
 def test_every_seed_of_both_students_is_scored_on_test(run):
-    work, out = run
+    work, out, _ = run
     for model in ("baseline", "baseline.s2", "bert_kd", "bert_kd.s2"):
-        bleu, chrf = open(os.path.join(work, "scores", f"{model}.test.b1.txt")).read().split()
+        trained = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(work, model, "final.pt"))))
+        assert trained.startswith("bert_kd.a") if model.startswith("bert_kd") else trained == model
+        bleu, chrf = open(os.path.join(work, "scores", f"{trained}.test.b1.txt")).read().split()
         assert 0 <= float(bleu) <= 100 and 0 <= float(chrf) <= 100
         seed = 2 if model.endswith(".s2") else 1
         kind = "baseline" if model.startswith("baseline") else "BERT-KD"
@@ -96,7 +100,7 @@ def test_every_seed_of_both_students_is_scored_on_test(run):
 
 
 def test_the_study_report_shows_the_row_with_its_teacher(run, tmp_path):
-    work, out = run
+    work, out, _ = run
     os.symlink(work, tmp_path / "bert_kd")
     proc = utils.run([sys.executable, os.path.join(ROOT, "examples", "multi30k", "report.py"), str(tmp_path),
                       "--seeds", "1", "2", "--models", "bert_kd"])
@@ -106,7 +110,8 @@ def test_the_study_report_shows_the_row_with_its_teacher(run, tmp_path):
         return [[float(v) for v in open(os.path.join(work, "scores", f"{m}.test.b1.txt")).read().split()]
                 for m in (model, model + ".s2")]
 
-    base, kd = test_scores("baseline"), test_scores("bert_kd")
+    chosen = "bert_kd.a" + open(os.path.join(work, "bert_kd.choice")).read().strip().replace(":", "_T")
+    base, kd = test_scores("baseline"), test_scores(chosen)
     row = next(l for l in table.splitlines() if l.startswith("| BERT-KD:"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     mean = (kd[0][0] + kd[1][0]) / 2
@@ -117,3 +122,13 @@ def test_the_study_report_shows_the_row_with_its_teacher(run, tmp_path):
     steps = _valid_accuracies(os.path.join(work, "teacher.log"))
     assert f"C-MLM teacher: {steps[-1][0]} updates, masked-token accuracy {float(steps[-1][1]):.1f}%" in table
     assert "Valid BLEU (greedy) of the alpha:T candidates: a0.5_T1" in table
+
+
+def test_a_second_run_trains_nothing_and_prints_the_same_scores(run):
+    work, out, env = run
+    again = subprocess.run(["bash", "scripts/quickstart_bert.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not re.search(r"training (baseline|bert_kd|teacher)", again.stdout)
+    assert "baseline.s2 already trained" in again.stdout and "bert_kd.a0.5_T1 already trained" in again.stdout
+    scores = [l for l in out.splitlines() if ", beam 1 " in l]
+    assert len(scores) == 4 and scores == [l for l in again.stdout.splitlines() if ", beam 1 " in l]

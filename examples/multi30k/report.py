@@ -112,6 +112,9 @@ def bert_kd_table(work: str, seeds: List[str]) -> List[str]:
     root = os.path.join(work, "bert_kd")
 
     def read(model: str, tag: str, beam: str) -> Optional[List[float]]:
+        final = os.path.join(root, model, "final.pt")  # a chosen model: its scores are its candidate's
+        if os.path.islink(final):
+            model = os.path.basename(os.path.dirname(os.path.realpath(final)))
         path = os.path.join(root, "scores", f"{model}.{tag}.{beam}.txt")
         if not os.path.isfile(path):
             return None
