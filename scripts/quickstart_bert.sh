@@ -15,7 +15,7 @@
 #   STUDENT_UPDATES=300 MAX_TOKENS=4096                      each student's budget
 #   JOBS=$(nproc)              the dump's shards and the two students run this many at a
 #                              time, one thread each (2 on 2 cores); 1 = one after another
-# The defaults took 13 min 38 s on 2 idle cores (25 CPU-minutes; 2026-11-22, RESULTS.md 1).
+# The defaults took 11 min 37 s on 2 idle cores (2026-12-02, RESULTS.md 1).
 #   TOPK=8 PASSES=7 KD_GRID=0.5:10     top-K, the dump's passes and the student's alpha:T: the
 #                              paper's IWSLT settings; several alpha:T candidates ("0.5:1 0.5:10")
 #                              are each trained on the first seed and chosen on valid BLEU (greedy)
@@ -127,7 +127,7 @@ baseline() {  # seed
   train "$(model baseline "$1")" "$STUDENT_UPDATES" "$1" "${STUDENT[@]}" --criterion label_smoothed_cross_entropy \
     --label-smoothing 0.1 --report-accuracy
 }
-distilled() {  # name, seed, alpha:T: the same student, half its loss from the teacher's top-K store
+distilled() {  # name, seed, alpha:T: the same student, alpha of its loss from the teacher's top-K store
   train "$1" "$STUDENT_UPDATES" "$2" "${STUDENT[@]}" --task translation_kd --soft-labels "$WORK/soft_labels" \
     --criterion word_kd --label-smoothing 0.1 --kd-alpha "${3%%:*}" --kd-temperature "${3##*:}" --kd-topk "$TOPK" \
     --report-accuracy
