@@ -234,7 +234,7 @@ fi
 STUDENT_ACC=$(valid_accuracy baseline)
 echo
 echo "teacher $TEACHER_ACC% vs student $STUDENT_ACC% (valid: the C-MLM teacher's masked-token accuracy, the baseline student's token accuracy)"
-if python -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$TEACHER_ACC" "$STUDENT_ACC"; then
+if ! greater "$TEACHER_ACC" "$STUDENT_ACC"; then
   echo "WARNING: the teacher is not better than the student it teaches: expect distillation to hurt; train the teacher longer (TEACHER_UPDATES)"
 fi
 stamp "decoding test2016"
