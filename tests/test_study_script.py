@@ -129,6 +129,7 @@ def test_pick_chooses_the_best_valid_candidate_and_never_overwrites_a_trained_ro
         scores = tmp_path / "eval" / f"{row}.p{value}.valid.b1"
         os.makedirs(scores)
         (scores / "scores.json").write_text(json.dumps({"bleu": bleu}))
+        (scores / "model").write_text(f"{row}.p{value}\n")  # evaluate's record: these scores are this model's
     proc = _pick(tmp_path, row)
     assert proc.returncode == 0, proc.stderr
     assert os.path.islink(tmp_path / row / "final.pt") and (tmp_path / row / "final.pt").read_text() == "0.5"
@@ -196,3 +197,41 @@ def test_a_word_kd_candidate_can_take_hintons_form(tiny_data, tmp_path):
                                                      "--task", "translation_kd", *kd])
         assert (criterion.kd_alpha, criterion.kd_temperature, criterion.kd_student_temperature,
                 criterion.kd_t2_scaling) == (alpha, t, student_t, t2)
+
+
+def test_cached_scores_follow_the_model_a_row_links_to(tmp_path):
+    """evaluate keeps a model's scores only for the model they came from: a grid row whose link
+    now points at another candidate, or a model trained again since, is decoded again; an
+    unchanged one is not. (fairseq-kd-evaluate is replaced by a function that records each call
+    and writes the content of the final.pt it was given as the score: the cache is under test.)"""
+    import json
+
+    work = tmp_path / "work"
+    for c in ("word_kd.a0.5_T1", "word_kd.a0.2_T1"):
+        os.makedirs(work / c)
+        (work / c / "final.pt").write_text(c)
+    os.makedirs(work / "word_kd")
+    os.symlink("../word_kd.a0.5_T1/final.pt", work / "word_kd" / "final.pt")
+    calls = tmp_path / "calls"
+    fake = ('fairseq-kd-evaluate() { local path out; while [ $# -gt 0 ]; do case $1 in --path) path=$2 ;; '
+            '--results-path) out=$2 ;; esac; shift; done; echo "$path" >> ' + str(calls) + '; mkdir -p "$out"; '
+            'printf \'{"model": "%s"}\' "$(cat "$path")" > "$out/scores.json"; }')
+
+    def evaluate():
+        script = (f"set -euo pipefail; WORK={work} DATA=d TEXT=t CPU=--cpu LATENCY_SENTENCES=0; stamp() {{ :; }}; "
+                  f"{fake}; "
+                  f"{_functions('evaluate')}; evaluate word_kd test b1")
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        scores = work / "eval" / "word_kd.test.b1"
+        return (json.loads((scores / "scores.json").read_text())["model"], (scores / "model").read_text().strip(),
+                len(calls.read_text().splitlines()))
+
+    assert evaluate() == ("word_kd.a0.5_T1", "word_kd.a0.5_T1", 1)
+    assert evaluate() == ("word_kd.a0.5_T1", "word_kd.a0.5_T1", 1)  # cached
+    os.remove(work / "word_kd" / "final.pt")  # the grid grew and chose another candidate
+    os.symlink("../word_kd.a0.2_T1/final.pt", work / "word_kd" / "final.pt")
+    assert evaluate() == ("word_kd.a0.2_T1", "word_kd.a0.2_T1", 2)
+    assert evaluate() == ("word_kd.a0.2_T1", "word_kd.a0.2_T1", 2)
+    (work / "word_kd.a0.2_T1" / "final.pt").write_text("word_kd.a0.2_T1 retrained")  # newer than its scores
+    assert evaluate() == ("word_kd.a0.2_T1 retrained", "word_kd.a0.2_T1", 3)

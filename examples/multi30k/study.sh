@@ -293,8 +293,14 @@ fi
 # at batch 1 is measured on every test set, not on valid.
 evaluate() {
   local m=$1 tag=$2 setting=$3 data=${4:-$DATA} ref=${5:-$TEXT/raw/$2.en}
-  local out=$WORK/eval/$m.$tag.$setting subset=test lat=$LATENCY_SENTENCES dec
-  [ -f "$out/scores.json" ] && return
+  local out=$WORK/eval/$m.$tag.$setting subset=test lat=$LATENCY_SENTENCES dec model
+  # Scores are kept for the model they were computed from ($out/model: the trained model's name;
+  # a grid row's ROW/final.pt links to its chosen candidate): a row whose choice changed, or a
+  # model trained again since, is decoded again.
+  model=$(readlink -f "$WORK/$m/final.pt")
+  if [ -f "$out/scores.json" ] && [ "$(cat "$out/model" 2>/dev/null)" = "$(basename "$(dirname "$model")")" ] \
+    && [ "$out/scores.json" -nt "$model" ]; then return; fi
+  rm -f "$out/model"
   [ "$tag" = valid ] && subset=valid lat=0
   case $setting in
     b*) dec=(--beam "${setting#b}" --max-len-a 1.2 --max-len-b 10) ;;
@@ -305,6 +311,7 @@ evaluate() {
   OMP_NUM_THREADS=$(nproc) fairseq-kd-evaluate "$data" --path "$WORK/$m/final.pt" --gen-subset "$subset" \
     --reference "$ref" --latency-sentences "$lat" --results-path "$out" $CPU "${dec[@]}" >> "$WORK/eval.log" 2>&1 \
     || { tail -20 "$WORK/eval.log"; return 1; }
+  basename "$(dirname "$model")" > "$out/model"
   stamp "$m $tag $setting: $(tail -1 "$WORK/eval.log")"
 }
 
