@@ -61,8 +61,9 @@
 #   STAGES="train eval report"      what to run (eval measures speed: run it on an idle machine)
 #   LATENCY_SENTENCES=100           test sentences decoded one at a time for latency (0: none, on a
 #                                   busy machine where the figure would mean nothing)
-# Every stage is skipped when its output exists, so a killed run resumes where it stopped and
-# each row can be run alone (MODELS=seq_kd trains the teacher and distills first if needed).
+# Every stage is skipped when its output exists (scores: when they are the current model's), so a
+# killed run resumes where it stopped and each row can be run alone (MODELS=seq_kd trains the
+# teacher and distills first if needed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TEACHER_UPDATES=${TEACHER_UPDATES:-1200}
