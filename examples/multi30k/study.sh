@@ -44,10 +44,11 @@
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid (T softens the teacher
 #                                   only; alpha:Th is Hinton et al.'s form: teacher and student at T, KD x T^2)
-#   BERT_TEACHER_UPDATES=400 BERT_TEACHER_MAX_UPDATES=2000   the C-MLM teacher's steps and most
+#   BERT_TEACHER_UPDATES=1600 BERT_TEACHER_MAX_UPDATES=3200   the C-MLM teacher's steps and most
 #                                   updates (it stops once its valid masked-token accuracy is above
-#                                   the WordPiece baseline's valid token accuracy)
-#   BERT_KD_GRID="0.5:1 0.5:10"     bert_kd candidates alpha:T (top-8 store), chosen on valid
+#                                   the WordPiece baseline's valid token accuracy; RESULTS.md 0: a
+#                                   teacher just above the student, 800 updates, made it worse)
+#   BERT_KD_GRID="0.2:1 0.5:1"      bert_kd candidates alpha:T (top-8 store), chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
 #   BETA_GRID="0.5" SKEW_GRID="0.1" SELECTION_GRID="0.5" ON_POLICY_GRID="0.5"
 #                                   the objective rows' own setting (--kd-beta of word_kd_jsd,
@@ -77,9 +78,9 @@ MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_r
 KD_GRID=${KD_GRID:-0.5:1}
 KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
-BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-400}
-BERT_TEACHER_MAX_UPDATES=${BERT_TEACHER_MAX_UPDATES:-2000}
-BERT_KD_GRID=${BERT_KD_GRID:-0.5:1 0.5:10}
+BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-1600}
+BERT_TEACHER_MAX_UPDATES=${BERT_TEACHER_MAX_UPDATES:-3200}
+BERT_KD_GRID=${BERT_KD_GRID:-0.2:1 0.5:1}
 BETA_GRID=${BETA_GRID:-0.5}
 SKEW_GRID=${SKEW_GRID:-0.1}
 SELECTION_GRID=${SELECTION_GRID:-0.5}
