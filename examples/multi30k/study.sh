@@ -48,7 +48,7 @@
 #                                   updates (it stops once its valid masked-token accuracy is above
 #                                   the WordPiece baseline's valid token accuracy; RESULTS.md 0: a
 #                                   teacher just above the student, 800 updates, made it worse)
-#   BERT_KD_GRID="0.2:1 0.5:1"      bert_kd candidates alpha:T (top-8 store), chosen on valid
+#   BERT_KD_GRID="0.2:1 0.5:1 0.5:10 0.8:1"   bert_kd candidates alpha:T (top-8 store), chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
 #   BETA_GRID="0.5" SKEW_GRID="0.1" SELECTION_GRID="0.5" ON_POLICY_GRID="0.5"
 #                                   the objective rows' own setting (--kd-beta of word_kd_jsd,
@@ -80,7 +80,7 @@ KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
 BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-1600}
 BERT_TEACHER_MAX_UPDATES=${BERT_TEACHER_MAX_UPDATES:-3200}
-BERT_KD_GRID=${BERT_KD_GRID:-0.2:1 0.5:1}
+BERT_KD_GRID=${BERT_KD_GRID:-0.2:1 0.5:1 0.5:10 0.8:1}
 BETA_GRID=${BETA_GRID:-0.5}
 SKEW_GRID=${SKEW_GRID:-0.1}
 SELECTION_GRID=${SELECTION_GRID:-0.5}
