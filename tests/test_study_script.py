@@ -126,6 +126,7 @@ def test_pick_chooses_the_best_valid_candidate_and_never_overwrites_a_trained_ro
     for value, bleu in (("0.1", 20.5), ("0.5", 22.25), ("0.9", 21.0)):
         os.makedirs(tmp_path / f"{row}.p{value}")
         (tmp_path / f"{row}.p{value}" / "final.pt").write_text(value)
+        os.utime(tmp_path / f"{row}.p{value}" / "final.pt", (1, 1))  # older than its scores on any file system
         scores = tmp_path / "eval" / f"{row}.p{value}.valid.b1"
         os.makedirs(scores)
         (scores / "scores.json").write_text(json.dumps({"bleu": bleu}))
@@ -210,6 +211,7 @@ def test_cached_scores_follow_the_model_a_row_links_to(tmp_path):
     for c in ("word_kd.a0.5_T1", "word_kd.a0.2_T1"):
         os.makedirs(work / c)
         (work / c / "final.pt").write_text(c)
+        os.utime(work / c / "final.pt", (1, 1))  # trained long before it is scored, even at 1 s mtime resolution
     os.makedirs(work / "word_kd")
     os.symlink("../word_kd.a0.5_T1/final.pt", work / "word_kd" / "final.pt")
     calls = tmp_path / "calls"
