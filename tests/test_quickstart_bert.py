@@ -41,8 +41,9 @@ def run(tmp_path_factory):
     bert = bert_io.write_checkpoint(os.path.join(root, "bert"), [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)])
     work = os.path.join(root, "work")
     env = dict(os.environ, FAIRSEQ_KD_DATA=_corpus(root), BERT_PATH=bert, WORK=work, TRAIN_SENTENCES="0",
-               TEACHER_UPDATES="3", TEACHER_MAX_UPDATES="7", TEACHER_MAX_TOKENS="400", STUDENT_UPDATES="4",
-               MAX_TOKENS="400", TOPK="4", PASSES="2", KD_GRID="0.5:1 0.7:10", SEEDS="1 2", BEAMS="1", JOBS="2",
+               TEACHER_UPDATES="3", TEACHER_MAX_UPDATES="7", TEACHER_WARMUP="2", TEACHER_MAX_TOKENS="400",
+               STUDENT_UPDATES="4", MAX_TOKENS="400", TOPK="4", PASSES="2", KD_GRID="0.5:1 0.7:10", SEEDS="1 2",
+               BEAMS="1", JOBS="2",
                PATH=os.path.dirname(utils.command("fairseq-train")) + os.pathsep + os.environ["PATH"])
     proc = subprocess.run(["bash", "scripts/quickstart_bert.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -63,6 +64,8 @@ def test_the_teacher_grows_until_it_beats_the_baseline_or_its_budget(run):
     assert steps[-1][0] == 7 or float(steps[-1][1]) > float(baseline)
     assert f"teacher {steps[-1][1]}% vs student {baseline}%" in out
     assert f"teacher {steps[-1][0]} updates" in out  # the budget it reached
+    configs = re.findall(r"'warmup_updates': (\d+)", open(os.path.join(work, "teacher.log")).read())
+    assert configs and set(configs) == {"2"}  # TEACHER_WARMUP, not TEACHER_UPDATES / 10 + 1, in every step
 
 
 def test_the_best_valid_candidate_is_bert_kd_and_trains_on_the_other_seeds(run):
