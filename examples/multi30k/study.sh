@@ -44,10 +44,11 @@
 #   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid (T softens the teacher
 #                                   only; alpha:Th is Hinton et al.'s form: teacher and student at T, KD x T^2)
-#   BERT_TEACHER_UPDATES=1600 BERT_TEACHER_MAX_UPDATES=3200   the C-MLM teacher's steps and most
-#                                   updates (it stops once its valid masked-token accuracy is above
-#                                   the WordPiece baseline's valid token accuracy; RESULTS.md 0: a
-#                                   teacher just above the student, 800 updates, made it worse)
+#   BERT_TEACHER_UPDATES=3200 BERT_TEACHER_MAX_UPDATES=3200 BERT_TEACHER_WARMUP=161   the C-MLM
+#                                   teacher's steps, most updates and warm-up (it stops once its valid
+#                                   masked-token accuracy is above the WordPiece baseline's valid token
+#                                   accuracy; RESULTS.md 0: just above it at 800 updates, BERT-KD lost;
+#                                   at 1,600 it tied; at 3,200, warm-up 161, it gained)
 #   BERT_KD_GRID="0.2:1 0.5:1 0.5:10 0.8:1"   bert_kd candidates alpha:T (top-8 store), chosen on valid
 #   INTERP_GRID="0.5"               seq_interp candidates alpha, chosen on valid
 #   BETA_GRID="0.5" SKEW_GRID="0.1" SELECTION_GRID="0.5" ON_POLICY_GRID="0.5"
@@ -78,8 +79,9 @@ MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_r
 KD_GRID=${KD_GRID:-0.5:1}
 KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
 INTERP_GRID=${INTERP_GRID:-0.5}
-BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-1600}
+BERT_TEACHER_UPDATES=${BERT_TEACHER_UPDATES:-3200}
 BERT_TEACHER_MAX_UPDATES=${BERT_TEACHER_MAX_UPDATES:-3200}
+BERT_TEACHER_WARMUP=${BERT_TEACHER_WARMUP:-161}
 BERT_KD_GRID=${BERT_KD_GRID:-0.2:1 0.5:1 0.5:10 0.8:1}
 BETA_GRID=${BETA_GRID:-0.5}
 SKEW_GRID=${SKEW_GRID:-0.1}
@@ -248,7 +250,8 @@ student() {
     teacher) teacher ;;
     bert_kd) FAIRSEQ_KD_DATA=${FAIRSEQ_KD_DATA:-} TRAIN_SENTENCES=0 STUDENT_UPDATES=$STUDENT_UPDATES \
       MAX_TOKENS=$MAX_TOKENS TEACHER_UPDATES=$BERT_TEACHER_UPDATES TEACHER_MAX_UPDATES=$BERT_TEACHER_MAX_UPDATES \
-      KD_GRID=$BERT_KD_GRID SEEDS=$SEEDS BEAMS="1 5" JOBS=$JOBS CPU=$CPU WORK=$WORK/bert_kd \
+      TEACHER_WARMUP=$BERT_TEACHER_WARMUP KD_GRID=$BERT_KD_GRID SEEDS=$SEEDS BEAMS="1 5" JOBS=$JOBS CPU=$CPU \
+      WORK=$WORK/bert_kd \
       bash scripts/quickstart_bert.sh >> "$WORK/bert_kd.log" 2>&1 || { tail -20 "$WORK/bert_kd.log"; return 1; } ;;
     *) echo "study: unknown model $row" >&2; return 2 ;;
   esac
