@@ -1,5 +1,6 @@
 """examples/multi30k/report.py: the study's table, deltas, convergence, teacher-versus-student
 line, speed ratios, other test sets and figure, from a WORK laid out as study.sh writes it."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -118,3 +119,77 @@ def test_report_without_latency_has_no_speed_table_and_no_figure(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "latency ms/sentence" not in proc.stdout and "| baseline | AT student" in proc.stdout
     assert not (tmp_path / "bleu_vs_speed.png").exists()
+
+
+def _run_log(start, saves, cut=False):
+    """The lines of one fairseq-train run as study.sh logs them: its config line at START, a
+    checkpoint saved at each of SAVES; CUT: killed after its last save (more training, no save)."""
+    lines = [f"{start} | INFO | fairseq.tasks.text_to_speech | Please install tensorboardX",
+             f"{start} | INFO | fairseq_cli.train | {{'_name': None, 'common': {{'_name': None}}}}"]
+    for t in saves:
+        lines += [f"{t} | INFO | train | epoch 001 | loss 9.1 | num_updates 100 | wall 0",
+                  f"{t} | INFO | fairseq.checkpoint_utils | Saved checkpoint /w/checkpoint_last.pt (epoch 1 @ 100 "
+                  f"updates, score 3.8) (writing took 0.1 seconds)"]
+    if cut:
+        lines.append("2026-12-01 23:59:00 | INFO | train_inner | epoch 002:     50 / 127 loss=9.0, wall=900")
+    return lines
+
+
+def test_report_times_every_trained_model_across_resumed_runs(tmp_path):
+    w = tmp_path
+    logs = {
+        "teacher": _run_log("2026-12-01 09:00:00", ["2026-12-01 09:10:00", "2026-12-01 09:20:00"]),  # 1,200 s
+        "baseline": _run_log("2026-12-01 10:00:00", ["2026-12-01 10:05:00", "2026-12-01 10:10:30"]),  # 630 s
+        # killed 4 min after its start, resumed: 240 + 180 s (the killed run's work after its save is not counted)
+        "baseline.s2": _run_log("2026-12-01 11:00:00", ["2026-12-01 11:04:00"], cut=True)
+        + _run_log("2026-12-01 12:00:00", ["2026-12-01 12:03:00"]),
+        "word_kd.a0.5_T1": _run_log("2026-12-01 13:00:00", ["2026-12-01 13:01:00"]),  # 60 s
+        "cmlm_raw": _run_log("2026-12-01 14:00:00", ["2026-12-01 14:30:00"]),  # still training: no final.pt
+    }
+    for model, lines in logs.items():
+        (w / f"{model}.log").write_text("\n".join(lines) + "\n")
+        if model != "cmlm_raw":
+            _final(w, model)
+    (w / "word_kd").mkdir()
+    os.symlink("../word_kd.a0.5_T1/final.pt", w / "word_kd" / "final.pt")  # the chosen candidate, counted once
+    (w / "distill.log").write_text(  # 29,000 sentences at 15.0/s: 1,933.3 s
+        "data-stats | 29000 sentences | C(real) 0.7769\ndistill-corpus | train: 29000 sentences, 415286 tokens, "
+        "15.0 sentences/s | kept reference: 0 (0 too long, 0 empty) | -> /w/distill\n")
+    proc = subprocess.run([sys.executable, REPORT, str(w), "--seeds", "1", "2", "--models", "baseline", "word_kd"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| time, from each job"))
+    assert lines[first + 2:first + 7] == [
+        "| training: teacher | 1 | 20.0 |",
+        "| training: baseline | 2 | 17.5 |",
+        "| training: word_kd | 1 | 1.0 |",
+        "| distilling the training set: distill | – | 32.2 |",
+        "| all (decoding not included) | 4 | 70.7 |",  # (1200 + 1050 + 60 + 1933.3) / 60
+    ]
+
+
+def test_the_time_of_a_real_resumed_fairseq_train_run_is_read_from_its_log(tmp_path):
+    data = utils.preprocess(utils.make_copy_task(str(tmp_path / "text")), str(tmp_path / "bin"))
+    w = tmp_path / "work"
+    w.mkdir()
+    with open(w / "baseline.log", "w") as log:
+        for updates in (12, 24):  # the second run resumes the first from its checkpoint_last.pt
+            proc = utils.train(data, str(w / "baseline"), max_update=updates, extra=["--log-format", "simple"])
+            log.write(proc.stdout + proc.stderr)
+    text = (w / "baseline.log").read_text()
+    assert text.count("Loaded checkpoint") == 1 and "wall 0" in text  # fairseq's own clock restarts at 0
+    runs = _report_module().train_runs(str(w / "baseline.log"))
+    assert len(runs) == 2 and all(start <= end for start, end in runs) and runs[0][1] <= runs[1][0], runs
+    os.link(w / "baseline" / "checkpoint_last.pt", w / "baseline" / "final.pt")
+    proc = subprocess.run([sys.executable, REPORT, str(w), "--models", "baseline"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    want = sum((end - start).total_seconds() for start, end in runs) / 60
+    assert f"| training: baseline | 1 | {want:.1f} |" in proc.stdout.splitlines(), proc.stdout
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("multi30k_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

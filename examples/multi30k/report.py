@@ -3,19 +3,21 @@
 Reads what ``examples/multi30k/study.sh`` wrote under WORK (training logs
 ``NAME.log``, ``eval/NAME.TAG.SETTING/scores.json`` of ``fairseq-kd-evaluate``,
 ``distill.stats.json`` / ``seqinter.stats.json`` of ``fairseq-kd-data-stats``,
-``ROW.choice`` of the settings chosen on valid, ``bert_kd/`` of the bert_kd row) and writes ``WORK/results.md``
+``ROW.choice`` of the settings chosen on valid, ``bert_kd/`` of the bert_kd row, ``distill.log`` /
+``seqinter.log`` of ``fairseq-kd-distill-corpus``) and writes ``WORK/results.md``
 and ``WORK/bleu_vs_speed.png``; prints the table.
 
     python examples/multi30k/report.py WORK --seeds 1 2 --models baseline word_kd ...
 """
 import argparse
+import datetime
 import glob
 import json
 import os
 import re
 import statistics
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 WHAT = {
     "teacher": "teacher, 3+3 x 256 Transformer",
@@ -102,6 +104,75 @@ def convergence(curve: List[Dict[str, float]], metric: str) -> str:
     if best == len(values) - 1:
         return f"no: valid {metric} still falling at epoch {curve[-1]['epoch']}"
     return f"yes: best valid {metric} at epoch {curve[best]['epoch']} of {curve[-1]['epoch']}"
+
+
+RUN_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq_cli\.train \| \{")
+SAVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq\.checkpoint_utils \| Saved checkpoint")
+CORPUS_LINE = re.compile(r"distill-corpus \| \w+: (\d+) sentences, \d+ tokens, ([\d.]+) sentences/s")
+
+
+def train_runs(log: str) -> List[Tuple[datetime.datetime, datetime.datetime]]:
+    """(start, last saved checkpoint) of each fairseq-train run in the training log LOG (a killed
+    run and the runs that resumed it; a run that saved nothing is left out)."""
+    runs, start, last = [], None, None
+    with open(log) as f:
+        for line in f:
+            m = RUN_START.match(line)
+            if m:
+                if start is not None and last is not None:
+                    runs.append((start, last))
+                start, last = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), None
+                continue
+            m = SAVED.match(line)
+            if m and start is not None:
+                last = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+    if start is not None and last is not None:
+        runs.append((start, last))
+    return runs
+
+
+def train_seconds(work: str, model: str) -> Optional[float]:
+    """MODEL's training time from the timestamps of its log: each run's time from its start to its
+    last saved checkpoint, summed (work after a killed run's last checkpoint was done again, and is
+    counted once). fairseq's own ``wall`` cannot be used: a resumed run logs 0 there."""
+    path = os.path.join(work, f"{model}.log")
+    if not os.path.isfile(path):
+        return None
+    runs = train_runs(path)
+    return sum((end - start).total_seconds() for start, end in runs) if runs else None
+
+
+def time_table(work: str, rows: List[str]) -> List[str]:
+    """The measured time of every trained model of WORK (grid candidates and seeds included),
+    by row (ROWS first, in their order), and of each distilled corpus (its sentences over its rate)."""
+    by_row: Dict[str, List[float]] = {}
+    for final in sorted(glob.glob(os.path.join(work, "*", "final.pt"))):
+        if os.path.islink(final):  # a grid row's choice: its candidate is counted
+            continue
+        model = os.path.basename(os.path.dirname(final))
+        seconds = train_seconds(work, model)
+        if seconds is not None:
+            by_row.setdefault(model.split(".")[0], []).append(seconds)
+    corpora = []
+    for name in ("distill", "seqinter"):
+        path = os.path.join(work, f"{name}.log")
+        if os.path.isfile(path):
+            for m in CORPUS_LINE.finditer(open(path).read()):
+                corpora.append((name, int(m.group(1)) / float(m.group(2))))
+    if not by_row and not corpora:
+        return []
+    out = ["| time, from each job's log (jobs that ran side by side shared the CPU) | models | minutes |",
+           "|---|---:|---:|"]
+    total, n = 0.0, 0
+    for row in sorted(by_row, key=lambda r: (rows.index(r) if r in rows else len(rows), r)):
+        times = by_row[row]
+        out.append(f"| training: {row} | {len(times)} | {sum(times) / 60:.1f} |")
+        total, n = total + sum(times), n + len(times)
+    for name, seconds in corpora:
+        out.append(f"| distilling the training set: {name} | – | {seconds / 60:.1f} |")
+        total += seconds
+    out += [f"| all (decoding not included) | {n} | {total / 60:.1f} |", ""]
+    return out
 
 
 def bert_kd_table(work: str, seeds: List[str]) -> List[str]:
@@ -261,6 +332,9 @@ def main(argv=None) -> int:
         for what, s in stats:
             out.append(f"| {what} | {s['distilled']['complexity']:.3f} | {s['faithfulness']:.3f} |")
         out.append("")
+
+    # ---- time
+    out += time_table(work, rows)
 
     # ---- other test sets
     for tag in extra_tags:

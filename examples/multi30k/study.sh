@@ -34,7 +34,9 @@
 # beam 5 (AT) or 4 and 10 iterations (NAT), mean and spread over seeds; latency at batch 1 and
 # sentences/s at a large batch as ratios to the AT student at beam 5; C(d) and F(d) of the
 # raw, distilled and Seq-Inter training sets (Zhou et al. 2020); the teacher's valid token
-# accuracy against the baseline student's; a figure of BLEU against speed-up ($WORK/bleu_vs_speed.png).
+# accuracy against the baseline student's; the time each training and distillation took (from the
+# timestamps of its log, summed over the runs that resumed it); a figure of BLEU against speed-up
+# ($WORK/bleu_vs_speed.png).
 #
 # usage: bash examples/multi30k/study.sh              (venv active; FAIRSEQ_KD_DATA=DIR for a local copy)
 #   TEACHER_UPDATES=1200 STUDENT_UPDATES=1000 NAT_UPDATES=1500 MAX_TOKENS=4096   budgets (CPU defaults;
