@@ -114,21 +114,18 @@ CORPUS_LINE = re.compile(r"distill-corpus \| \w+: (\d+) sentences, \d+ tokens, (
 def train_runs(log: str) -> List[Tuple[datetime.datetime, datetime.datetime]]:
     """(start, last saved checkpoint) of each fairseq-train run in the training log LOG (a killed
     run and the runs that resumed it; a run that saved nothing is left out)."""
-    runs, start, last = [], None, None
+    runs: List[List[datetime.datetime]] = []  # [start, last save] per run; a run that saved nothing: [start]
     with open(log) as f:
         for line in f:
-            m = RUN_START.match(line)
-            if m:
-                if start is not None and last is not None:
-                    runs.append((start, last))
-                start, last = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), None
+            m = RUN_START.match(line) or SAVED.match(line)
+            if not m:
                 continue
-            m = SAVED.match(line)
-            if m and start is not None:
-                last = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
-    if start is not None and last is not None:
-        runs.append((start, last))
-    return runs
+            when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+            if m.re is RUN_START:
+                runs.append([when])
+            elif runs:
+                runs[-1][1:] = [when]
+    return [(r[0], r[1]) for r in runs if len(r) == 2]
 
 
 def train_seconds(work: str, model: str) -> Optional[float]:
@@ -157,8 +154,8 @@ def time_table(work: str, rows: List[str]) -> List[str]:
     for name in ("distill", "seqinter"):
         path = os.path.join(work, f"{name}.log")
         if os.path.isfile(path):
-            for m in CORPUS_LINE.finditer(open(path).read()):
-                corpora.append((name, int(m.group(1)) / float(m.group(2))))
+            with open(path) as f:
+                corpora += [(name, int(m.group(1)) / float(m.group(2))) for m in CORPUS_LINE.finditer(f.read())]
     if not by_row and not corpora:
         return []
     out = ["| time, from each job's log (jobs that ran side by side shared the CPU) | models | minutes |",
