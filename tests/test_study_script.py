@@ -237,3 +237,30 @@ def test_cached_scores_follow_the_model_a_row_links_to(tmp_path):
     assert evaluate() == ("word_kd.a0.2_T1", "word_kd.a0.2_T1", 2)
     (work / "word_kd.a0.2_T1" / "final.pt").write_text("word_kd.a0.2_T1 retrained")  # newer than its scores
     assert evaluate() == ("word_kd.a0.2_T1 retrained", "word_kd.a0.2_T1", 3)
+
+
+def test_seeded_rows_take_every_seed_and_the_teacher_its_own(tmp_path):
+    """SEEDED_ROWS: the rows trained with every seed of SEEDS (the others with the first);
+    TEACHER_SEED: the teacher's seed, the first of SEEDS unless set, so that SEEDS=2
+    TEACHER_SEED=1 trains second seeds against the first run's teacher."""
+    def run(**env):
+        # the study's settings as study.sh reads them (its variable lines), its seed functions,
+        # and train() recording name and seed instead of training
+        script = (f"set -euo pipefail; source <(grep -E '^(SEEDS|SEEDED_ROWS|first_seed|TEACHER_SEED)=' {STUDY}); "
+                  f"DATA=d TEACHER_UPDATES=1 TEACHER=(--arch t); train() {{ echo \"$1 $4\"; }}; "
+                  f"{_functions('teacher', 'model_name')}; "
+                  f"source <(grep -E '^seeds_of\\(\\)' {STUDY}); "
+                  "for r in baseline word_kd seq_kd seq_inter; do echo $r: $(for s in $(seeds_of $r); do "
+                  "model_name $r $s; done); done; teacher")
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"], **env})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    assert run() == ["baseline: baseline baseline.s2", "word_kd: word_kd", "seq_kd: seq_kd seq_kd.s2",
+                     "seq_inter: seq_inter", "teacher 1"]
+    assert run(SEEDS="3 4", SEEDED_ROWS="word_kd seq_inter") == [
+        "baseline: baseline", "word_kd: word_kd word_kd.s4", "seq_kd: seq_kd", "seq_inter: seq_inter seq_inter.s4",
+        "teacher 3"]
+    assert run(SEEDS="2", TEACHER_SEED="1") == [
+        "baseline: baseline", "word_kd: word_kd", "seq_kd: seq_kd", "seq_inter: seq_inter", "teacher 1"]

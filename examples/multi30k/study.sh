@@ -43,7 +43,11 @@
 #                                                a GPU run wants e.g. 20000 / 10000 / 30000, CPU=)
 #   MODELS="baseline word_kd ..."   rows to train and score (default: all above but bert_kd; the
 #                                   teacher is trained when a row needs it, or when MODELS names it)
-#   SEEDS="1 2"                     seeds of baseline, seq_kd, cmlm_raw, cmlm_distill (others: the first)
+#   SEEDS="1 2"                     seeds of the rows of SEEDED_ROWS (others: the first)
+#   SEEDED_ROWS="baseline seq_kd cmlm_raw cmlm_distill"   the rows trained with every seed of SEEDS
+#   TEACHER_SEED=1                  the teacher's seed (default: the first of SEEDS), so that other
+#                                   seeds of the students can be trained in a new working directory
+#                                   against the same teacher (SEEDS=2 TEACHER_SEED=1)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid (T softens the teacher
 #                                   only; alpha:Th is Hinton et al.'s form: teacher and student at T, KD x T^2)
 #   BERT_TEACHER_UPDATES=3200 BERT_TEACHER_MAX_UPDATES=3200 BERT_TEACHER_WARMUP=161   the C-MLM
@@ -77,6 +81,7 @@ MAX_TOKENS=${MAX_TOKENS:-4096}
 WORK=${WORK:-work_dirs/multi30k_study}
 CPU=${CPU---cpu}
 SEEDS=${SEEDS:-1 2}
+SEEDED_ROWS=${SEEDED_ROWS:-baseline seq_kd cmlm_raw cmlm_distill}
 MODELS=${MODELS:-baseline word_kd seq_kd seq_inter seq_word_kd seq_interp cmlm_raw cmlm_distill cmlm_distill_kd levt_distill}
 KD_GRID=${KD_GRID:-0.5:1}
 KD_ALPHA=${KD_ALPHA:-${KD_GRID%%:*}}
@@ -101,6 +106,7 @@ WORK=$(cd "$WORK" && pwd)
 START=$(date +%s)
 stamp() { echo "study [$(( $(date +%s) - START ))s]: $*"; }
 first_seed=${SEEDS%% *}
+TEACHER_SEED=${TEACHER_SEED:-$first_seed}
 
 
 COMMON=(--user-dir fairseq_kd --share-all-embeddings --dropout 0.1
@@ -132,7 +138,7 @@ train() {
 }
 
 teacher() {
-  OMP_THREADS=$(nproc) train teacher "$DATA" "$TEACHER_UPDATES" "$first_seed" "${TEACHER[@]}" \
+  OMP_THREADS=$(nproc) train teacher "$DATA" "$TEACHER_UPDATES" "$TEACHER_SEED" "${TEACHER[@]}" \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy
 }
 
@@ -205,7 +211,7 @@ spawn() {
 join() { local p; for p in "${pids[@]}"; do wait "$p" || exit 1; done; pids=(); }
 
 has() { case " $MODELS " in *" $1 "*) return 0 ;; esac; return 1; }
-seeds_of() { case $1 in baseline|seq_kd|cmlm_raw|cmlm_distill) echo "$SEEDS" ;; *) echo "$first_seed" ;; esac; }
+seeds_of() { case " $SEEDED_ROWS " in *" $1 "*) echo "$SEEDS" ;; *) echo "$first_seed" ;; esac; }
 # The models of a row: NAME for the first seed, NAME.sS for the others.
 model_name() { if [ "$2" = "$first_seed" ]; then echo "$1"; else echo "$1.s$2"; fi; }
 
@@ -390,7 +396,7 @@ fi
 
 # ------------------------------------------------------------------ report
 if [[ " $STAGES " == *" report "* ]]; then
-  python examples/multi30k/report.py "$WORK" --seeds $SEEDS --models $MODELS \
+  python examples/multi30k/report.py "$WORK" --seeds $SEEDS --multi-seed $SEEDED_ROWS --models $MODELS \
     --budget "teacher $TEACHER_UPDATES, students $STUDENT_UPDATES (NAT $NAT_UPDATES) updates of <= $MAX_TOKENS tokens"
 fi
 stamp "done"
