@@ -47,7 +47,8 @@
 #   SEEDED_ROWS="baseline seq_kd cmlm_raw cmlm_distill"   the rows trained with every seed of SEEDS
 #   TEACHER_SEED=1                  the teacher's seed (default: the first of SEEDS), so that other
 #                                   seeds of the students can be trained in a new working directory
-#                                   against the same teacher (SEEDS=2 TEACHER_SEED=1)
+#                                   against a teacher of the same seed (SEEDS=2 TEACHER_SEED=1; the
+#                                   same model on the same machine, not always on another)
 #   KD_GRID="0.5:1"                 word_kd candidates alpha:T, chosen on valid (T softens the teacher
 #                                   only; alpha:Th is Hinton et al.'s form: teacher and student at T, KD x T^2)
 #   BERT_TEACHER_UPDATES=3200 BERT_TEACHER_MAX_UPDATES=3200 BERT_TEACHER_WARMUP=161   the C-MLM
