@@ -13,10 +13,21 @@ student checkpoint. A task owns a :class:`TeacherEnsemble` instead; it keeps
 the models in ``eval()`` with ``requires_grad_(False)``, runs them under
 ``torch.no_grad()`` and follows the student's device and dtype (half with
 ``--fp16``, bfloat16 with ``--bf16``).
+
+Loading a teacher leaves the random number generators as it found them
+(:func:`untouched_rng`): building a fairseq model initializes its weights at
+random before the checkpoint's replace them, and a task loads its teacher
+after fairseq-train has seeded the generators and before it builds the
+student. Without this, a student with an online teacher would start from
+other weights than the same seed's student without one (the baseline, or a
+student of a soft-label store), and the comparison of the two would carry
+the spread between two seeds.
 """
+import contextlib
 import copy
 import logging
 import os
+import random
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -24,6 +35,23 @@ import torch
 from .errors import MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def untouched_rng():
+    """Run the body, then restore the states of Python's, NumPy's and torch's
+    random number generators (CPU, and every CUDA device when there is one) to
+    what they were before it."""
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def split_paths(paths: str) -> List[str]:
@@ -176,22 +204,23 @@ def load_teacher(
         if not os.path.isdir(data):
             raise MissingFileError(f"data directory not found: {data}")
         overrides = {"data": data, **{key: None for key in TEACHER_KD_OPTIONS}, **(overrides or {})}
-    models = []
-    for path in files:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        # The teacher's own data and languages (for the dictionary check) before the overrides.
-        dictionary_state = {"cfg": copy.deepcopy(state["cfg"]), "model": state["model"]}
-        if overrides:
-            overwrite_args_by_name(state["cfg"], overrides)
-        if task is None:
-            task = tasks.setup_task(state["cfg"].task)
-        if isinstance(task, TranslationTask):
-            check_teacher_dictionary(path, dictionary_state, task.target_dictionary, task.source_dictionary)
-        ensemble, cfg = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
-        if generation:
-            for model in ensemble:
-                model.prepare_for_inference_(cfg)
-        models.extend(ensemble)
+    with untouched_rng():  # building each model draws its initial weights (module docstring)
+        models = []
+        for path in files:
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
+            # The teacher's own data and languages (for the dictionary check) before the overrides.
+            dictionary_state = {"cfg": copy.deepcopy(state["cfg"]), "model": state["model"]}
+            if overrides:
+                overwrite_args_by_name(state["cfg"], overrides)
+            if task is None:
+                task = tasks.setup_task(state["cfg"].task)
+            if isinstance(task, TranslationTask):
+                check_teacher_dictionary(path, dictionary_state, task.target_dictionary, task.source_dictionary)
+            ensemble, cfg = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+            if generation:
+                for model in ensemble:
+                    model.prepare_for_inference_(cfg)
+            models.extend(ensemble)
     teacher = TeacherEnsemble(models, files, task)
     teacher.follow(device or torch.device("cpu"), dtype or torch.float32)
     n_params = sum(p.numel() for m in models for p in m.parameters())

@@ -39,6 +39,27 @@ def test_a_loaded_teacher_is_frozen_in_eval_with_the_checkpoints_weights(tiny_da
     assert load_teacher([tiny_teacher], data=tiny_data).paths == [tiny_teacher]  # a list works too
 
 
+def test_loading_a_teacher_leaves_the_random_number_generators_as_they_were(tiny_data, tiny_teacher, tiny_teacher2):
+    """Building each model draws its initial weights; load_teacher gives the draws back, so a
+    student built after its teacher starts from the weights of the same seed without one."""
+    import random
+
+    import numpy as np
+    from fairseq import utils as fairseq_utils
+
+    for kwargs in ({"data": tiny_data}, {"task": load_teacher(tiny_teacher, data=tiny_data).task}):
+        fairseq_utils.set_torch_seed(3)
+        np.random.seed(3)
+        random.seed(3)
+        load_teacher(f"{tiny_teacher}:{tiny_teacher2}", **kwargs)
+        after = (torch.rand(4), np.random.rand(4), random.random())
+        fairseq_utils.set_torch_seed(3)
+        np.random.seed(3)
+        random.seed(3)
+        want = (torch.rand(4), np.random.rand(4), random.random())
+        assert torch.equal(after[0], want[0]) and np.array_equal(after[1], want[1]) and after[2] == want[2]
+
+
 def test_dtype_and_generation(tiny_data, tiny_teacher):
     teacher = load_teacher(tiny_teacher, data=tiny_data, device=torch.device("cpu"), dtype=torch.float16,
                            generation=True)

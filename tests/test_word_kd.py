@@ -179,6 +179,27 @@ def test_ensemble_averages_teacher_probabilities(tiny_data, tiny_teacher, tiny_t
     assert not torch.allclose(probs, single, atol=1e-3)
 
 
+def test_an_online_teacher_does_not_change_the_students_start(tiny_data, tiny_teacher, tmp_path):
+    """With alpha 0 the word_kd student of an online teacher trains as the same seed's
+    label-smoothed baseline does, through fairseq-train with a data worker: same initial
+    weights, batches and loss, so the same weights after 5 updates. (Loading the teacher
+    used to draw from the seeded generators before the student was built: other initial
+    weights, as far apart as two seeds'.)"""
+    from fairseq_kd import checkpoint
+
+    weights = {}
+    for name, criterion, extra in (
+        ("baseline", ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"), []),
+        ("online", [*KD_ARGS, "--kd-alpha", "0"], ["--teacher-path", tiny_teacher]),
+    ):
+        save = str(tmp_path / name)
+        utils.train(tiny_data, save, max_update=5, criterion=criterion, extra=[*extra, "--num-workers", "1"])
+        weights[name] = checkpoint.load(os.path.join(save, "checkpoint_last.pt"))["model"]
+    assert set(weights["online"]) == set(weights["baseline"])
+    for key, want in weights["baseline"].items():
+        utils.assert_close_by_norm(weights["online"][key], want, rtol=1e-5, atol=1e-7, what=key)
+
+
 def test_end_to_end_train_and_generate(tiny_data, tiny_teacher, tmp_path):
     """Teacher -> word-KD student through fairseq-train -> fairseq-generate."""
     save = str(tmp_path / "student")
