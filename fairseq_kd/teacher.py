@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def untouched_rng():
     """Run the body, then restore the states of Python's, NumPy's and torch's
-    random number generators (CPU, and every CUDA device when there is one) to
+    random number generators (CPU, and every CUDA device once CUDA is in use) to
     what they were before it."""
     import numpy as np
 
